@@ -1,0 +1,201 @@
+"""`ltx2trainer` command line: prepare a dataset, make sample data, run the demo.
+
+The CLI is a thin edge: it validates options through the same schema as the API (so the messages and the
+8n+1 frame adjustment are the same), calls the pipeline, and renders progress and a summary with rich.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ltx2trainer.errors import JobCancelled, UserInputError
+from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LTX-2 LoRA adapters.")
+console = Console(stderr=True)
+
+FETCH_DIR = Path(".state") / "fetch"  # inside --out: the download and the extracted upload, kept for re-runs
+
+
+class WithAudio(str, Enum):
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+
+class ResolutionChoice(str, Enum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class AspectChoice(str, Enum):
+    wide = "16:9"
+    square = "1:1"
+    tall = "9:16"
+
+
+@app.command()
+def prepare(
+    source: Annotated[str, typer.Argument(help="Zip or folder: an http(s) URL, a data: URL or a local path.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for manifest.jsonl, report.json and media/.")],
+    number_of_frames: Annotated[int, typer.Option(help="Frames per clip (8n+1; others are adjusted).")] = 89,
+    frame_rate: Annotated[int, typer.Option(help="Target frames per second.")] = 25,
+    resolution: Annotated[ResolutionChoice, typer.Option(help="Resolution preset.")] = ResolutionChoice.medium,
+    aspect_ratio: Annotated[AspectChoice, typer.Option(help="Aspect ratio.")] = AspectChoice.square,
+    with_audio: Annotated[WithAudio, typer.Option(help="auto: only if every video has audio.")] = WithAudio.auto,
+    audio_normalize: Annotated[bool, typer.Option(help="Normalise audio peaks to 0.999.")] = True,
+    audio_preserve_pitch: Annotated[bool, typer.Option(help="Stretch audio keeping pitch (else trim/pad).")] = True,
+    trigger_phrase: Annotated[str, typer.Option(help="Prepended to every caption.")] = "",
+    auto_scale_input: Annotated[bool, typer.Option(help="Re-time every video to exactly N frames.")] = False,
+    split_input_into_scenes: Annotated[bool, typer.Option(help="Split long videos at scene cuts.")] = True,
+    split_input_duration_threshold: Annotated[float, typer.Option(help="Split videos longer than this (s).")] = 30.0,
+    workers: Annotated[int, typer.Option(help="Parallel workers; 0 = one per CPU core.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print report.json to stdout.")] = False,
+) -> None:
+    """Turn a zip of videos or images into a training-ready dataset."""
+    fields: dict[str, Any] = {
+        "training_data_url": source,
+        "number_of_frames": number_of_frames,
+        "frame_rate": frame_rate,
+        "resolution": resolution.value,
+        "aspect_ratio": aspect_ratio.value,
+        "with_audio": {"auto": None, "true": True, "false": False}[with_audio.value],
+        "audio_normalize": audio_normalize,
+        "audio_preserve_pitch": audio_preserve_pitch,
+        "trigger_phrase": trigger_phrase,
+        "auto_scale_input": auto_scale_input,
+        "split_input_into_scenes": split_input_into_scenes,
+        "split_input_duration_threshold": split_input_duration_threshold,
+    }
+    training_input = _validate(fields)
+    settings = get_settings(**({"prepare_workers": workers} if workers else {}))
+    result = _run_prepare(training_input, out, settings)
+    _print_summary(result.report, out)
+    if json_output:
+        print(json.dumps(result.report, ensure_ascii=False, indent=2, default=str))
+
+
+@app.command("make-sample-data")
+def make_sample_data(
+    folder: Annotated[Path, typer.Argument(help="Folder to create the clips in; a zip is written next to it.")],
+) -> None:
+    """Generate a small synthetic dataset with ffmpeg (clips, captions, a four-scene video) and zip it."""
+    from ltx2trainer.sample_data import make_demo_dataset
+
+    archive = make_demo_dataset(folder)
+    console.print(f"sample dataset: {folder}  (zip: {archive})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo-output"),
+) -> None:
+    """Run the main job end to end on generated data: make a sample dataset, then prepare it."""
+    from ltx2trainer.sample_data import make_demo_dataset
+
+    console.print("[bold]1/2[/] generating a sample dataset with ffmpeg…")
+    archive = make_demo_dataset(out / "sample_data")
+    training_input = _validate({"training_data_url": str(archive), "trigger_phrase": "DEMO"})
+    console.print(f"[bold]2/2[/] preparing {archive}…")
+    dataset_dir = out / "dataset"
+    result = _run_prepare(training_input, dataset_dir, get_settings())
+    _print_summary(result.report, dataset_dir)
+
+
+def _validate(fields: dict[str, Any]) -> TrainingInput:
+    try:
+        training_input = TrainingInput.model_validate(fields, context={"allow_file_urls": True})
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "input"
+            console.print(f"[red]invalid {where.replace('_', '-')}:[/] {error['msg']}")
+        raise typer.Exit(2) from None
+    for adjustment in training_input.adjustments:
+        console.print(
+            f"[yellow]note:[/] {adjustment.field.replace('_', '-')} {adjustment.requested} → {adjustment.used} "
+            f"({adjustment.reason})"
+        )
+    return training_input
+
+
+def _run_prepare(training_input: TrainingInput, out: Path, settings):
+    from ltx2trainer.pipeline.fetch import fetch_dataset
+    from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
+
+    with Progress(
+        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[item]}"), console=console, disable=not console.is_terminal, transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_download(received: int, total: int | None) -> None:
+            if "download" not in tasks:
+                tasks["download"] = bar.add_task("downloading", total=total, item="")
+            bar.update(tasks["download"], completed=received)
+
+        def on_progress(event) -> None:
+            if event.stage not in tasks:
+                tasks[event.stage] = bar.add_task(event.stage, total=event.total, item="")
+            bar.update(tasks[event.stage], completed=event.done, total=event.total, item=event.item[-40:])
+
+        try:
+            fetched = fetch_dataset(
+                training_input.training_data_url, out / FETCH_DIR, settings, allow_local=True, on_progress=on_download
+            )
+            return prepare_dataset(
+                fetched.root,
+                out,
+                PrepareOptions.from_input(training_input),
+                workers=settings.effective_prepare_workers,
+                upstream_ignored=fetched.ignored,
+                adjustments=[a.model_dump() for a in training_input.adjustments],
+                on_progress=on_progress,
+            )
+        except UserInputError as exc:
+            bar.stop()
+            console.print(f"[red]error ({exc.code}):[/] {exc.message}")
+            if (out / "report.json").exists():
+                console.print(f"details: {out / 'report.json'}")
+            raise typer.Exit(1) from None
+        except JobCancelled:
+            raise typer.Exit(130) from None
+
+
+def _print_summary(report: dict[str, Any], out: Path) -> None:
+    counts = report["counts"]
+    table = Table(title="dataset prepared", show_header=False, title_justify="left")
+    table.add_row("media files", str(counts["media_files"]))
+    table.add_row("clips in", f"{counts['clips_in']} {report['kind']}{'s' if counts['clips_in'] != 1 else ''}")
+    table.add_row("scenes (from split videos)", str(counts["scenes"]))
+    table.add_row("samples out", f"{counts['samples_out']} ({counts['reused']} reused from an earlier run)")
+    table.add_row("audio", f"{'on' if report['audio']['enabled'] else 'off'}: {report['audio']['reason']}")
+    table.add_row("skipped", str(counts["skipped"]))
+    table.add_row("ignored files", str(len(report["ignored"])))
+    console.print(table)
+    for skipped in report["skipped"]:
+        scene = f" scene {skipped['scene'][0]:.2f}–{skipped['scene'][1]:.2f} s" if skipped["scene"] else ""
+        console.print(f"  skipped {skipped['source']}{scene}: {skipped['reason']} ({skipped['detail']})")
+    for warning in report["warnings"]:
+        console.print(f"  [yellow]warning[/] {warning['source']}: {warning['message']}")
+    console.print(f"manifest: {out / 'manifest.jsonl'}\nreport:   {out / 'report.json'}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Refuse outbound requests to addresses a user must not reach through us (SSRF).
+
+A training-data URL or webhook URL is chosen by the user but fetched by our worker, which may sit next to
+a cloud metadata service, a database or an admin port. Every outbound request goes through two checks:
+the host's resolved addresses before connecting, and the address actually connected to after (which
+catches DNS answers that change between the two, "DNS rebinding"). Only public unicast addresses pass
+unless the operator allows private ones (tests do, for a loopback server).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from ltx2trainer.errors import UserInputError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata endpoints that are not already covered by the private/link-local ranges.
+_METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack (link-local too)
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS IPv6
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud (shared address space)
+}
+
+
+class BlockedAddressError(UserInputError):
+    """The URL points at a loopback, private, link-local, reserved or metadata address."""
+
+    def __init__(self, what: str, host: str, address: str) -> None:
+        super().__init__(
+            f"{what} points at {host} ({address}), a private, loopback, link-local or metadata address; "
+            "only public internet addresses are fetched",
+            code="blocked_url",
+        )
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True for globally routable unicast addresses (what a user's URL may reach)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in _METADATA_ADDRESSES:
+        return False
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_loopback or address.is_link_local
+    )
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """All addresses `host` resolves to (raises UserInputError if it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserInputError(f"cannot resolve host {host!r}: {exc.strerror}", code="unreachable_url") from exc
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def check_host(host: str, port: int, *, allow_private: bool, what: str = "the URL") -> None:
+    """Raise `BlockedAddressError` unless every address of `host` is public (or private ones are allowed)."""
+    if allow_private:
+        return
+    for address in resolve_host(host, port):
+        if not is_public_address(address):
+            raise BlockedAddressError(what, host, str(address))
+
+
+def check_peer(host: str, peer_address: str | None, *, allow_private: bool, what: str = "the URL") -> None:
+    """Raise `BlockedAddressError` if the connection actually went to a non-public address."""
+    if allow_private or peer_address is None:
+        return
+    address = ipaddress.ip_address(peer_address.split("%")[0])
+    if not is_public_address(address):
+        raise BlockedAddressError(what, host, str(address))

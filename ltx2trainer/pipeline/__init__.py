@@ -1,0 +1,1 @@
+"""The job pipeline: fetch → prepare → encode → train → validate → publish. Never imports the API or Celery."""

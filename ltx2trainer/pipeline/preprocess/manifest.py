@@ -1,0 +1,119 @@
+"""The processed dataset's contract (DESIGN.md §6): the options it was made with, its rows, its files.
+
+`prepare` writes it, `encode`/`train` read it with `read_manifest`. Everything is written through a temp
+file and renamed, so a reader never sees half a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ltx2trainer.schemas import TrainingInput
+
+MANIFEST_NAME = "manifest.jsonl"
+REPORT_NAME = "report.json"
+MEDIA_DIR_NAME = "media"
+STATE_DIR_NAME = ".state"  # per-sample completion records and scene caches, for resuming
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """The dataset fields of the training input, in the units preparation works in."""
+
+    number_of_frames: int = 89
+    frame_rate: int = 25  # frames per second
+    width: int = 768  # pixels
+    height: int = 768  # pixels
+    with_audio: bool | None = None
+    audio_normalize: bool = True
+    audio_preserve_pitch: bool = True
+    trigger_phrase: str = ""
+    auto_scale_input: bool = False
+    split_input_into_scenes: bool = True
+    split_input_duration_threshold: float = 30.0  # seconds
+
+    def __post_init__(self) -> None:
+        if self.number_of_frames < 1 or self.frame_rate < 1 or self.width < 1 or self.height < 1:
+            raise ValueError(f"invalid preparation options: {self}")
+
+    @classmethod
+    def from_input(cls, training_input: TrainingInput) -> PrepareOptions:
+        width, height = training_input.frame_size
+        return cls(
+            number_of_frames=training_input.number_of_frames,
+            frame_rate=training_input.frame_rate,
+            width=width,
+            height=height,
+            with_audio=training_input.with_audio,
+            audio_normalize=training_input.audio_normalize,
+            audio_preserve_pitch=training_input.audio_preserve_pitch,
+            trigger_phrase=training_input.trigger_phrase,
+            auto_scale_input=training_input.auto_scale_input,
+            split_input_into_scenes=training_input.split_input_into_scenes,
+            split_input_duration_threshold=training_input.split_input_duration_threshold,
+        )
+
+    @property
+    def clip_duration_s(self) -> float:
+        """Duration of one training clip in seconds."""
+        return self.number_of_frames / self.frame_rate
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ManifestRow(BaseModel):
+    """One training sample. Paths are relative to the dataset folder; times in seconds."""
+
+    id: str
+    source: str  # path of the original file inside the upload
+    scene: tuple[float, float] | None  # the scene's [start_s, end_s] in the source, if it was split
+    media: str
+    kind: Literal["video", "image"]
+    caption: str
+    width: int
+    height: int
+    frames: int
+    fps: float | None  # None for images
+    audio: str | None  # stereo WAV at audio_sample_rate, as long as the video
+    audio_sample_rate: int | None
+    audio_peak: float | None  # absolute peak of the stored audio, 0..1
+
+
+def read_manifest(dataset_dir: Path) -> list[ManifestRow]:
+    """The rows of a processed dataset, in order."""
+    path = dataset_dir / MANIFEST_NAME
+    with open(path, encoding="utf-8") as handle:
+        return [ManifestRow.model_validate_json(line) for line in handle if line.strip()]
+
+
+def write_manifest(dataset_dir: Path, rows: list[ManifestRow]) -> None:
+    lines = "".join(row.model_dump_json() + "\n" for row in rows)
+    write_text_atomically(dataset_dir / MANIFEST_NAME, lines)
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    write_text_atomically(path, json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fingerprint(payload: Any) -> str:
+    """A short stable hash of JSON-able data (what a finished output was made from)."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]

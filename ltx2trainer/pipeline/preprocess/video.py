@@ -1,0 +1,161 @@
+"""Fit frames to the training format: upright, resampled to the target fps, scaled to fill, centre-cropped.
+
+Videos go through an FFmpeg filter graph (PyAV): `transpose`/`flip` for rotated input, `fps` for timestamp-
+based resampling (right for variable frame rate), `scale` with `force_original_aspect_ratio=increase` and
+a centred `crop`. Frames stream through one at a time, so memory does not depend on the clip's length.
+Output is H.264 in MP4 at high quality. Images use Pillow, which also honours EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from PIL import Image, ImageOps
+
+VIDEO_CODEC = "libx264"
+# CRF 12 is visually lossless; "veryfast" keeps encoding from dominating preparation time.
+VIDEO_ENCODER_OPTIONS = {"crf": "12", "preset": "veryfast"}
+VIDEO_PIXEL_FORMAT = "yuv420p"
+SCALE_FLAGS = "bicubic"
+
+_ROTATION_FILTERS = {90: ["transpose=cclock"], 180: ["hflip", "vflip"], 270: ["transpose=clock"]}
+
+
+class VideoFitter:
+    """Turns decoded frames into exactly `num_frames` frames of `width`×`height` at `fps` in an MP4.
+
+    Source time `start_s` becomes output time 0; `speed` > 1 compresses source time (a 2 s source window at
+    speed 2 lasts 1 s), < 1 stretches it. Push frames in decode order; `done` turns true once enough frames
+    were produced; `finish` flushes, pads with the last frame if asked to, and closes the file.
+    """
+
+    def __init__(
+        self,
+        stream: av.video.stream.VideoStream,
+        dst: Path,
+        *,
+        width: int,
+        height: int,
+        fps: int,
+        num_frames: int,
+        start_s: float = 0.0,
+        speed: float = 1.0,
+        rotation: int = 0,
+    ) -> None:
+        self.num_frames = num_frames
+        self.fps = fps
+        self.start_s = start_s
+        self.speed = speed
+        self.time_base = stream.time_base or Fraction(1, 90_000)
+        self.frames_written = 0
+        self._last_frame: av.VideoFrame | None = None
+        self._previous_pts: int | None = None
+        self._graph = self._build_graph(stream, width, height, fps, rotation)
+        self._dst = dst
+        self._tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}.mp4")
+        self._output = av.open(str(self._tmp), "w", format="mp4")
+        self._stream = self._output.add_stream(VIDEO_CODEC, rate=fps, options=dict(VIDEO_ENCODER_OPTIONS))
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, VIDEO_PIXEL_FORMAT
+
+    def _build_graph(self, stream, width: int, height: int, fps: int, rotation: int) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        nodes = [graph.add_buffer(template=stream, time_base=self.time_base)]
+        for spec in _ROTATION_FILTERS.get(rotation % 360, []):
+            name, _, args = spec.partition("=")
+            nodes.append(graph.add(name, args or None))
+        sar = stream.sample_aspect_ratio
+        if sar and sar != 1:  # anamorphic source: make pixels square before judging its aspect ratio
+            nodes.append(graph.add("scale", f"trunc(iw*sar/2)*2:ih:flags={SCALE_FLAGS}"))
+            nodes.append(graph.add("setsar", "1"))
+        nodes.append(graph.add("fps", f"fps={fps}:round=near"))
+        nodes.append(
+            graph.add("scale", f"{width}:{height}:force_original_aspect_ratio=increase:flags={SCALE_FLAGS}")
+        )
+        nodes.append(graph.add("crop", f"{width}:{height}"))  # centred by default
+        nodes.append(graph.add("format", VIDEO_PIXEL_FORMAT))
+        nodes.append(graph.add("buffersink"))
+        graph.link_nodes(*nodes).configure()
+        return graph
+
+    @property
+    def done(self) -> bool:
+        return self.frames_written >= self.num_frames
+
+    def push(self, frame: av.VideoFrame) -> None:
+        """Feed one decoded source frame; frames before `start_s` are dropped."""
+        if self.done:
+            return
+        if frame.time is None:
+            return
+        half_frame_s = 0.5 / self.fps
+        output_time = (frame.time - self.start_s) / self.speed
+        if output_time < -half_frame_s:
+            return  # decoded from the keyframe before the seek target
+        pts = max(0, round(output_time / self.time_base))
+        if self._previous_pts is not None and pts <= self._previous_pts:
+            return  # duplicate or out-of-order timestamp: the fps filter would drop it anyway
+        self._previous_pts = pts
+        frame.pts = pts
+        frame.time_base = self.time_base
+        self._graph.vpush(frame)
+        self._drain()
+
+    def _drain(self) -> None:
+        while not self.done:
+            try:
+                fitted = self._graph.vpull()
+            except (av.BlockingIOError, av.EOFError):
+                return
+            self._encode(fitted)
+
+    def _encode(self, fitted: av.VideoFrame) -> None:
+        fitted.pts = self.frames_written
+        fitted.time_base = Fraction(1, self.fps)
+        for packet in self._stream.encode(fitted):
+            self._output.mux(packet)
+        self._last_frame = fitted
+        self.frames_written += 1
+
+    def finish(self, *, pad: bool = False) -> int:
+        """Flush and close. With `pad`, a last frame is repeated up to `num_frames` (re-timed clips whose
+        duration was rounded down). Returns the number of frames written; the file appears only now."""
+        try:
+            if not self.done:
+                self._graph.vpush(None)
+                self._drain()
+            while pad and not self.done and self._last_frame is not None:
+                repeat = self._last_frame.reformat()  # a fresh frame object with the same picture
+                self._encode(repeat)
+            for packet in self._stream.encode(None):
+                self._output.mux(packet)
+            self._output.close()
+            if self.frames_written:
+                os.replace(self._tmp, self._dst)
+        finally:
+            self.close()
+        return self.frames_written
+
+    def close(self) -> None:
+        """Release the output without publishing it (used on errors)."""
+        try:
+            self._output.close()
+        except Exception:  # noqa: BLE001 - already closed or half-written; the temp file is removed below
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+
+def fit_image(src: Path, dst: Path, *, width: int, height: int) -> None:
+    """Scale an image to fill width×height (keeping its aspect), centre-crop, save as PNG atomically."""
+    with Image.open(src) as image:
+        image = ImageOps.exif_transpose(image)  # phone photos store their orientation in EXIF
+        image = image.convert("RGB")
+        fitted = ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}.png")
+    try:
+        fitted.save(tmp, format="PNG")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)

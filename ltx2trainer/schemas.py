@@ -1,0 +1,269 @@
+"""The public contract: the training input schema (DESIGN.md §4), file objects and outputs (§7).
+
+Field names, ranges and defaults match the hosted LTX-2 trainer so that existing requests validate
+unchanged. Validation is pure (no filesystem or network); whether `file:` URLs are acceptable is passed in
+the validation context by the caller that knows its settings:
+
+    TrainingInput.model_validate(body, context={"allow_file_urls": settings.allow_file_urls})
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Resolution = Literal["low", "medium", "high"]
+AspectRatio = Literal["16:9", "1:1", "9:16"]
+
+# (resolution, aspect ratio) -> (width, height) in pixels; all multiples of the VAE's 32-pixel factor.
+RESOLUTION_PRESETS: dict[tuple[str, str], tuple[int, int]] = {
+    ("low", "16:9"): (512, 288),
+    ("low", "1:1"): (512, 512),
+    ("low", "9:16"): (288, 512),
+    ("medium", "16:9"): (768, 448),
+    ("medium", "1:1"): (768, 768),
+    ("medium", "9:16"): (448, 768),
+    ("high", "16:9"): (960, 544),
+    ("high", "1:1"): (960, 960),
+    ("high", "9:16"): (544, 960),
+}
+
+MIN_FRAMES = 9
+MAX_FRAMES = 121
+VAE_TEMPORAL_FACTOR = 8  # LTX-2 compresses 8 frames into one latent frame, plus the first frame alone
+MAX_VALIDATION_PROMPTS = 2
+MAX_METADATA_CHARS = 16_384
+DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
+
+
+def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) in pixels of a resolution preset at an aspect ratio."""
+    return RESOLUTION_PRESETS[(resolution, aspect_ratio)]
+
+
+def nearest_valid_frame_count(frames: int) -> int:
+    """The nearest count of the form 8n+1 (what the video VAE accepts); ties go down."""
+    lower = VAE_TEMPORAL_FACTOR * ((frames - 1) // VAE_TEMPORAL_FACTOR) + 1
+    upper = lower + VAE_TEMPORAL_FACTOR
+    return lower if frames - lower <= upper - frames else upper
+
+
+class Adjustment(BaseModel):
+    """A value the service changed to make the request valid, reported back to the user."""
+
+    field: str
+    requested: Any
+    used: Any
+    reason: str
+
+
+def _check_url(value: str, *, what: str, allow_data: bool, allow_file: bool) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    scheme = urlsplit(value).scheme.lower()
+    if scheme in ("http", "https"):
+        if not urlsplit(value).hostname:
+            raise ValueError(f"{what} has no host: {value[:200]!r}")
+        return value
+    if scheme == "data" and allow_data:
+        if "," not in value:
+            raise ValueError(f"{what} is a malformed data: URL (no comma before the payload)")
+        return value
+    # Windows drive letters ("C:\...") parse as a one-letter scheme; they are local paths.
+    if scheme in ("file", "") or len(scheme) == 1:
+        if allow_file:
+            return value
+        raise ValueError(f"{what} must be an http(s) or data: URL; local files are not allowed on this service")
+    allowed = "http, https" + (", data" if allow_data else "")
+    raise ValueError(f"{what} has unsupported scheme {scheme!r}; use {allowed}")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=100_000)
+
+
+class ValidationPrompt(StrictModel):
+    """One validation sample: text-to-video, or image-to-video when `image_url` is given."""
+
+    prompt: str = Field(..., description="Text prompt for the validation video.")
+    image_url: str | None = Field(None, description="First-frame image (http(s) or data: URL).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("validation prompt must not be empty")
+        return value
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_url_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        allow_file = bool((info.context or {}).get("allow_file_urls", False))
+        return _check_url(value, what="image_url", allow_data=True, allow_file=allow_file)
+
+
+class TrainingInput(StrictModel):
+    """A training request, field for field as the hosted LTX-2 video trainer accepts it, plus native extras."""
+
+    training_data_url: str = Field(
+        ...,
+        description="URL of a zip of videos (.mp4 .mov .avi .mkv) or images (.png .jpg .jpeg), "
+        "with optional same-name .txt captions. http(s) or data: URL.",
+    )
+    rank: Literal[8, 16, 32, 64, 128] = Field(32, description="LoRA rank (alpha equals rank).")
+    number_of_steps: int = Field(2000, ge=100, le=20_000, description="Training steps.")
+    learning_rate: float = Field(2e-4, ge=1e-6, le=1.0, description="AdamW learning rate.")
+    number_of_frames: int = Field(
+        89, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frames per training clip; adjusted to the nearest 8n+1."
+    )
+    frame_rate: int = Field(25, ge=8, le=60, description="Frames per second clips are resampled to.")
+    resolution: Resolution = Field("medium", description="Training resolution preset.")
+    aspect_ratio: AspectRatio = Field("1:1", description="Training aspect ratio; clips are filled and cropped.")
+    with_audio: bool | None = Field(
+        None, description="null = audio only if every clip has a track; true = require audio; false = drop it."
+    )
+    generate_audio_in_validation: bool = Field(True, description="Generate audio in validation videos.")
+    audio_normalize: bool = Field(True, description="Normalise each clip's audio peak to 0.999.")
+    audio_preserve_pitch: bool = Field(
+        True, description="Time-stretch audio to the clip duration keeping pitch; otherwise trim or pad."
+    )
+    first_frame_conditioning_p: float = Field(
+        0.5, ge=0.0, le=1.0, description="Probability of conditioning on a clean first frame (image-to-video)."
+    )
+    trigger_phrase: str = Field("", max_length=1000, description="Prepended to every caption with one space.")
+    auto_scale_input: bool = Field(
+        False, description="Re-time every video to exactly number_of_frames at frame_rate; no effect on images."
+    )
+    split_input_into_scenes: bool = Field(True, description="Split long videos at scene cuts.")
+    split_input_duration_threshold: float = Field(
+        30.0, ge=1.0, le=60.0, description="Videos longer than this many seconds are split into scenes."
+    )
+    validation: list[ValidationPrompt] = Field(
+        default_factory=list, description="At most 2 prompts; if any has image_url, all must."
+    )
+    validation_negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="Negative prompt for CFG.")
+    validation_number_of_frames: int = Field(
+        89, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frames per validation video; adjusted to 8n+1."
+    )
+    validation_frame_rate: int = Field(25, ge=8, le=60, description="Validation video frame rate.")
+    validation_resolution: Resolution = Field("high", description="Validation resolution preset.")
+    validation_aspect_ratio: AspectRatio = Field("1:1", description="Validation aspect ratio.")
+    stg_scale: float = Field(1.0, ge=0.0, le=3.0, description="Spatio-temporal guidance scale; 0 disables.")
+
+    # Native extras (not in the hosted schema).
+    webhook_url: str | None = Field(None, description="Called with signed events on completion.")
+    metadata: dict[str, Any] | None = Field(None, description="Free-form JSON kept with the job.")
+    max_cost_usd: Decimal | None = Field(None, gt=0, description="Refuse the job if it would cost more.")
+    debug_dataset: bool = Field(False, description="Also return the processed dataset as a zip.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed for reproducible training.")
+
+    _adjustments: list[Adjustment] = PrivateAttr(default_factory=list)
+
+    @field_validator("training_data_url")
+    @classmethod
+    def _training_data_url_ok(cls, value: str, info: ValidationInfo) -> str:
+        allow_file = bool((info.context or {}).get("allow_file_urls", False))
+        return _check_url(value, what="training_data_url", allow_data=True, allow_file=allow_file)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_ok(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _check_url(value, what="webhook_url", allow_data=False, allow_file=False)
+
+    @field_validator("trigger_phrase")
+    @classmethod
+    def _normalise_trigger(cls, value: str) -> str:
+        return " ".join(value.split())
+
+    @field_validator("validation")
+    @classmethod
+    def _validation_entries(cls, value: list[ValidationPrompt]) -> list[ValidationPrompt]:
+        if len(value) > MAX_VALIDATION_PROMPTS:
+            raise ValueError(f"at most {MAX_VALIDATION_PROMPTS} validation entries are allowed, got {len(value)}")
+        with_image = [v.image_url is not None for v in value]
+        if any(with_image) and not all(with_image):
+            missing = [i for i, has in enumerate(with_image) if not has]
+            raise ValueError(
+                "if any validation entry has an image_url, all must; "
+                f"entry {', '.join(map(str, missing))} has none"
+            )
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            import json
+
+            size = len(json.dumps(value, default=str))
+            if size > MAX_METADATA_CHARS:
+                raise ValueError(f"metadata is {size} characters as JSON; at most {MAX_METADATA_CHARS} allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _adjust_frame_counts(self) -> TrainingInput:
+        for name in ("number_of_frames", "validation_number_of_frames"):
+            requested = getattr(self, name)
+            used = nearest_valid_frame_count(requested)
+            if used != requested:
+                setattr(self, name, used)
+                self._adjustments.append(
+                    Adjustment(
+                        field=name,
+                        requested=requested,
+                        used=used,
+                        reason="frame counts must be 8n+1 for the LTX-2 video VAE; "
+                        "used the nearest valid value (ties round down)",
+                    )
+                )
+        return self
+
+    @property
+    def adjustments(self) -> list[Adjustment]:
+        """What validation changed (empty when the request was taken as given)."""
+        return list(self._adjustments)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """Training (width, height) in pixels."""
+        return frame_size(self.resolution, self.aspect_ratio)
+
+    @property
+    def validation_frame_size(self) -> tuple[int, int]:
+        """Validation (width, height) in pixels."""
+        return frame_size(self.validation_resolution, self.validation_aspect_ratio)
+
+
+class File(BaseModel):
+    """A downloadable output, in the hosted API's shape."""
+
+    url: str
+    content_type: str
+    file_name: str
+    file_size: int
+
+
+class TrainingOutput(BaseModel):
+    """The result of a finished training (hosted field names; natives are optional extras)."""
+
+    lora_file: File
+    config_file: File
+    video: File | None = None
+    debug_dataset: File | None = None

@@ -1,0 +1,80 @@
+"""Service settings: one pydantic-settings class read from `LTX2T_*` environment variables.
+
+Every collaborator (database, broker, storage, model) has an embedded default that needs no server, so
+the whole product runs on one machine out of the box; production points the same settings at PostgreSQL,
+Redis, S3 and real weights (DESIGN.md §3). There is no module-level instance: call `get_settings()` at an
+entry point and pass the object down.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ltx2trainer"
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. Sizes are bytes, durations seconds."""
+
+    model_config = SettingsConfigDict(env_prefix="LTX2T_", extra="ignore", validate_default=True)
+
+    # --- where things live (embedded defaults derive from data_dir) ---
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Root of all local state.")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/ltx2trainer.db.")
+    broker_url: str = Field("", description="Celery broker; default a SQLite-backed kombu transport.")
+    storage_url: str = Field("", description="file://<dir> or s3://bucket/prefix; default file://<data_dir>/storage.")
+    model: str = Field("tiny", description="'tiny' (random-weight LTX-2 for CPU) or a path / hub id of weights.")
+    price_per_step: Decimal = Field(Decimal("0.0048"), ge=0, description="USD charged per training step.")
+
+    # --- fetching training data ---
+    download_max_bytes: int = Field(10 * GIB, gt=0, description="Largest accepted download.")
+    download_connect_timeout_s: float = Field(10.0, gt=0)
+    download_read_timeout_s: float = Field(60.0, gt=0, description="Longest silence while downloading.")
+    download_max_redirects: int = Field(5, ge=0)
+    allow_private_urls: bool = Field(
+        False,
+        description="Allow URLs that resolve to loopback, private, link-local or metadata addresses "
+        "(never enable on a multi-tenant service; tests use it for a loopback server).",
+    )
+    allow_file_urls: bool = Field(False, description="Allow file:// and plain local paths as training_data_url.")
+
+    # --- extracting archives (checked before bytes are written) ---
+    extract_max_total_bytes: int = Field(20 * GIB, gt=0, description="Sum of uncompressed sizes, nested included.")
+    extract_max_entries: int = Field(20_000, gt=0, description="Entries over all nested archives.")
+    extract_max_compression_ratio: float = Field(
+        200.0, gt=1, description="Largest uncompressed/compressed ratio of one entry (zip bombs)."
+    )
+    extract_max_nesting_depth: int = Field(3, ge=0, description="How deep zips inside zips are opened.")
+
+    # --- dataset preparation ---
+    prepare_workers: int = Field(0, ge=0, description="Parallel clip workers; 0 = one per CPU core.")
+
+    @model_validator(mode="after")
+    def _derive_embedded_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'ltx2trainer.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if not self.storage_url:
+            self.storage_url = (self.data_dir / "storage").resolve().as_uri()
+        return self
+
+    @property
+    def effective_prepare_workers(self) -> int:
+        return self.prepare_workers or max(1, os.cpu_count() or 1)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; keyword overrides win (used by the CLI and tests)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
