@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,20 +61,25 @@ def make_clip(path: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def make_scene_video(path: Path, *, scenes: int, scene_seconds: float, fps: int = 25,
+def make_scene_video(path: Path, *, scenes: int, scene_seconds: float | Sequence[float], fps: int = 25,
                      width: int = 640, height: int = 360, tone_hz: float | None = 440.0) -> Path:
-    """A video of `scenes` hard-cut scenes of `scene_seconds` each (cuts at k × scene_seconds)."""
+    """A video of `scenes` hard-cut scenes; `scene_seconds` is one length for all or one per scene.
+
+    Cuts fall at the running sums of the scene lengths.
+    """
     ffmpeg = require_ffmpeg()
+    lengths = [float(scene_seconds)] * scenes if isinstance(scene_seconds, (int, float)) else list(scene_seconds)
+    if len(lengths) != scenes:
+        raise ValueError(f"{scenes} scenes but {len(lengths)} lengths")
     inputs: list[str] = []
-    for i in range(scenes):
+    for i, seconds in enumerate(lengths):
         source = SCENE_SOURCES[i % len(SCENE_SOURCES)]
-        inputs += ["-f", "lavfi", "-i", f"{source}=size={width}x{height}:rate={fps},trim=duration={scene_seconds}"]
+        inputs += ["-f", "lavfi", "-i", f"{source}=size={width}x{height}:rate={fps},trim=duration={seconds}"]
     labels = "".join(f"[{i}:v]" for i in range(scenes))
     graph = f"{labels}concat=n={scenes}:v=1:a=0,format=yuv420p[v]"
     cmd = [ffmpeg, "-loglevel", "error", "-y", *inputs]
-    total = scenes * scene_seconds
     if tone_hz is not None:
-        cmd += ["-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=44100:duration={total}"]
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=44100:duration={sum(lengths)}"]
     cmd += ["-filter_complex", graph, "-map", "[v]"]
     if tone_hz is not None:
         cmd += ["-map", f"{scenes}:a", "-c:a", "aac"]

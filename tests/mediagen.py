@@ -28,7 +28,7 @@ def make_video(
     tone_hz: float | None = 440.0,
     channels: int = 2,
     sample_rate: int = 44_100,
-    volume: float = 0.5,
+    volume: float = 0.5,  # peak amplitude of the tone (before any up/downmix)
     video_filter: str | None = None,
     output_args: tuple[str, ...] = (),
 ) -> Path:
@@ -40,7 +40,8 @@ def make_video(
     args = ["-f", "lavfi", "-i", video]
     if tone_hz is not None:
         layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
-        tone = (f"sine=frequency={tone_hz}:sample_rate={sample_rate}:duration={seconds},volume={volume},"
+        # aevalsrc, not sine: its amplitude is exactly `volume` (lavfi's sine is fixed at 1/8).
+        tone = (f"aevalsrc='{volume}*sin(2*PI*{tone_hz}*t)':s={sample_rate}:d={seconds},"
                 f"aformat=channel_layouts={layout}")
         args += ["-f", "lavfi", "-i", tone]
     if video_filter:
@@ -113,9 +114,11 @@ def read_frames(path: Path) -> np.ndarray:
 
 
 def read_luma(path: Path) -> np.ndarray:
-    """Mean luma (0..255, limited range as encoded) of every frame."""
+    """Mean luma of every frame as coded (the Y plane, 16..235 in limited range)."""
     with av.open(str(path)) as container:
-        return np.array([f.to_ndarray(format="gray").astype(float).mean() for f in container.decode(video=0)])
+        return np.array([
+            f.to_ndarray(format="yuv420p")[: f.height].astype(float).mean() for f in container.decode(video=0)
+        ])
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:

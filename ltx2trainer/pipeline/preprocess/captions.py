@@ -13,6 +13,7 @@ from pathlib import Path
 from charset_normalizer import from_bytes
 
 MAX_CAPTION_BYTES = 1024 * 1024  # a caption longer than this is surely not a caption
+PREFERRED_LEGACY_ENCODING = "cp1252"
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def read_caption(path: Path) -> Caption:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        best = from_bytes(data).best()
+        best = _likeliest_match(data)
         if best is not None:
             text = str(best)
             warning = f"caption is not UTF-8; decoded as {best.encoding}"
@@ -40,6 +41,20 @@ def read_caption(path: Path) -> Caption:
             text = data.decode("utf-8", errors="replace")
             warning = "caption is not valid text in any known encoding; undecodable bytes were replaced"
     return Caption(normalise_whitespace(text), warning)
+
+
+def _likeliest_match(data: bytes):
+    """charset-normalizer's best guess, except that Windows-1252 wins ties.
+
+    Short captions rarely carry enough text for language detection, so several single-byte encodings look
+    equally clean; the one Western editors (Notepad, Excel exports) actually write is Windows-1252.
+    """
+    matches = list(from_bytes(data))
+    if not matches:
+        return None
+    least_chaos = min(match.chaos for match in matches)
+    cleanest = [match for match in matches if match.chaos == least_chaos]
+    return next((match for match in cleanest if match.encoding == PREFERRED_LEGACY_ENCODING), cleanest[0])
 
 
 def normalise_whitespace(text: str) -> str:
