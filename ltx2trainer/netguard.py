@@ -35,12 +35,25 @@ class BlockedAddressError(UserInputError):
         )
 
 
+_NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")  # IPv6 translation of IPv4 addresses (RFC 6052)
+
+
 def is_public_address(address: IPAddress) -> bool:
-    """True for globally routable unicast addresses (what a user's URL may reach)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for globally routable unicast addresses (what a user's URL may reach).
+
+    IPv6 forms that carry an IPv4 address are judged by it: IPv4-mapped and NAT64 addresses (what DNS64
+    returns on IPv6-only networks) *are* that IPv4 address; 6to4 and Teredo ones must pass both ways.
+    """
     if address in _METADATA_ADDRESSES:
         return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return is_public_address(address.ipv4_mapped)
+        if address in _NAT64_PREFIX:
+            return is_public_address(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        tunnelled = address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if tunnelled is not None and not is_public_address(tunnelled):
+            return False
     return address.is_global and not (
         address.is_multicast or address.is_reserved or address.is_loopback or address.is_link_local
     )

@@ -93,7 +93,11 @@ def extract_archive(archive: Path, dest: Path, limits: ExtractLimits) -> Extract
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     extractor = _Extractor(partial, limits)
-    extractor.extract(archive, prefix=(), depth=0, label=archive.name)
+    try:
+        extractor.extract(archive, prefix=(), depth=0, label=archive.name)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a refused archive leaves nothing behind
+        raise
     _save_report(partial / ".extract-report.json", extractor.report)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)
@@ -170,7 +174,7 @@ class _Extractor:
             self.bytes_planned += info.file_size
             if self.bytes_planned > self.limits.max_total_bytes:
                 raise UnsafeArchiveError(
-                    f"the archive expands to more than {self.limits.max_total_bytes / 2**30:.1f} GiB "
+                    f"the archive expands to more than {_format_size(self.limits.max_total_bytes)} "
                     "(nested zips included); refusing to extract it"
                 )
             plan.append((info, parts))
@@ -237,6 +241,14 @@ class _Extractor:
         return parent + (candidate,)
 
 
+def _format_size(size: int) -> str:
+    """`size` bytes in the largest binary unit it reaches (a limit of 64 MiB must not read "0.1 GiB")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def _entry_name(info: zipfile.ZipInfo) -> str:
     """The entry's name as the user wrote it: UTF-8 names without the UTF-8 flag are recovered."""
     name = info.filename
@@ -265,7 +277,7 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
-    return any(p.lower() in JUNK_NAMES or p.startswith(".") or p.startswith("._") for p in parts)
+    return any(p.lower() in JUNK_NAMES or p.startswith(".") for p in parts)  # ".*" covers "._" forks too
 
 
 def _save_report(path: Path, report: ExtractReport) -> None:
