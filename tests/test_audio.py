@@ -146,3 +146,14 @@ def test_near_silent_audio_is_left_as_it_is():
     np.testing.assert_array_equal(normalize_peak(hiss), hiss)
     quiet = np.full((2, 1000), SILENCE_PEAK * 2, np.float32)
     assert np.abs(normalize_peak(quiet)).max() == pytest.approx(TARGET_PEAK)
+
+
+def test_long_windows_are_stretched_in_bounded_chunks_keeping_pitch_and_length():
+    # 100 s of source into 40 s: longer than one stretch chunk, so the chunked path runs.
+    rate = AUDIO_SAMPLE_RATE_HZ
+    t = np.arange(100 * rate) / rate
+    tone = np.stack([0.5 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
+    stretched = match_duration(tone, 40 * rate, preserve_pitch=True)
+    assert stretched.shape == (2, 40 * rate)
+    assert dominant_frequency(stretched, rate) == pytest.approx(440, rel=0.01)
+    assert np.abs(stretched[:, rate : 2 * rate]).max() > 0.3  # still a tone, not silence

@@ -20,6 +20,10 @@ TARGET_PEAK = 0.999
 SILENCE_PEAK = 10 ** (-60 / 20)
 # Durations within 1 ms are the same: trim/pad rather than stretch by a vanishing factor.
 STRETCH_TOLERANCE_S = 0.001
+# The phase vocoder holds the whole STFT of its input; longer windows are stretched in chunks of this much
+# source audio so that memory stays bounded (a 10-minute window re-timed whole would need ~1 GB).
+STRETCH_CHUNK_S = 30.0
+CHUNK_FADE_S = 0.005  # short fades where stretched chunks meet, so the seams do not click
 
 
 class AudioCollector:
@@ -79,14 +83,31 @@ def match_duration(samples: np.ndarray, target_samples: int, *, preserve_pitch: 
     current = samples.shape[1]
     tolerance = round(STRETCH_TOLERANCE_S * AUDIO_SAMPLE_RATE_HZ)
     if preserve_pitch and current > 0 and target_samples > 0 and abs(current - target_samples) > tolerance:
-        import librosa  # slow to import; only re-timed clips need it
-
-        samples = librosa.effects.time_stretch(samples, rate=current / target_samples)
+        samples = _time_stretch(samples, rate=current / target_samples)
     if samples.shape[1] >= target_samples:
         return np.ascontiguousarray(samples[:, :target_samples], dtype=np.float32)
     padded = np.zeros((samples.shape[0], target_samples), np.float32)
     padded[:, : samples.shape[1]] = samples
     return padded
+
+
+def _time_stretch(samples: np.ndarray, rate: float) -> np.ndarray:
+    """librosa's phase vocoder (rate > 1 shortens), chunked beyond `STRETCH_CHUNK_S` of input."""
+    import librosa  # slow to import; only re-timed clips need it
+
+    chunk = round(STRETCH_CHUNK_S * AUDIO_SAMPLE_RATE_HZ)
+    if samples.shape[1] <= chunk * 3 // 2:
+        return librosa.effects.time_stretch(samples, rate=rate)
+    fade = round(CHUNK_FADE_S * AUDIO_SAMPLE_RATE_HZ)
+    pieces = []
+    for start in range(0, samples.shape[1], chunk):
+        piece = librosa.effects.time_stretch(np.ascontiguousarray(samples[:, start : start + chunk]), rate=rate)
+        ramp = np.linspace(0.0, 1.0, min(fade, piece.shape[1] // 2), dtype=np.float32)
+        if len(ramp):
+            piece[:, : len(ramp)] *= ramp
+            piece[:, piece.shape[1] - len(ramp) :] *= ramp[::-1]
+        pieces.append(piece)
+    return np.concatenate(pieces, axis=1)
 
 
 def normalize_peak(samples: np.ndarray) -> np.ndarray:
