@@ -1,0 +1,102 @@
+"""The LTX-2 components a job uses, and how they are saved, loaded and wrapped into diffusers pipelines.
+
+Both presets (tiny, built locally; real, loaded from a diffusers-format folder or hub id) end up as one
+`ModelComponents`, so encoding, training, sampling and export never ask which preset they run on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
+from diffusers.models.transformers.transformer_ltx2 import LTX2PerturbedAttnProcessor
+
+log = logging.getLogger(__name__)
+
+EXTRA_CONFIG_NAME = "ltx2trainer.json"  # what diffusers' model_index.json has no place for
+REAL_MAX_SEQUENCE_LENGTH = 1024  # Gemma prompt tokens, left-padded (LTX-2's own value)
+REAL_STG_BLOCKS = [29]  # the block LTX-2.0's pipelines perturb for spatio-temporal guidance
+REAL_INFERENCE_STEPS = 30  # ltx-trainer's validation default
+
+
+@dataclass
+class ModelComponents:
+    """Everything of LTX-2 that a job touches. Any of the encoders may be None once freed."""
+
+    tokenizer: Any
+    text_encoder: Any
+    connectors: Any
+    vae: Any
+    audio_vae: Any
+    vocoder: Any
+    transformer: Any
+    scheduler: Any
+    name: str  # preset name or the path / hub id the weights came from
+    max_sequence_length: int = REAL_MAX_SEQUENCE_LENGTH
+    stg_blocks: list[int] = field(default_factory=lambda: list(REAL_STG_BLOCKS))
+    inference_steps: int = REAL_INFERENCE_STEPS  # denoising steps for validation samples
+
+    def pipeline(self, image_to_video: bool = False) -> LTX2Pipeline:
+        """A diffusers pipeline over these components (no copies: the same modules)."""
+        cls = LTX2ImageToVideoPipeline if image_to_video else LTX2Pipeline
+        return cls(
+            scheduler=self.scheduler, vae=self.vae, audio_vae=self.audio_vae, text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer, connectors=self.connectors, transformer=self.transformer,
+            vocoder=self.vocoder,
+        )
+
+    def save(self, directory: Path) -> None:
+        """Write a diffusers-format folder that `load_components` (and diffusers itself) can read."""
+        self.pipeline().save_pretrained(directory)
+        extra = {"max_sequence_length": self.max_sequence_length, "stg_blocks": self.stg_blocks,
+                 "inference_steps": self.inference_steps}
+        (directory / EXTRA_CONFIG_NAME).write_text(json.dumps(extra, indent=2), encoding="utf-8")
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ModelComponents:
+        for module in (self.text_encoder, self.connectors, self.vae, self.audio_vae, self.vocoder, self.transformer):
+            if module is not None:
+                module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+
+def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32) -> ModelComponents:
+    """Load diffusers-format LTX-2 weights from a local folder or a hub id, ready for STG."""
+    pipe = LTX2Pipeline.from_pretrained(str(source), dtype=dtype)
+    extra: dict[str, Any] = {}
+    extra_file = Path(str(source)) / EXTRA_CONFIG_NAME
+    if extra_file.exists():
+        extra = json.loads(extra_file.read_text(encoding="utf-8"))
+    components = ModelComponents(
+        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, connectors=pipe.connectors, vae=pipe.vae,
+        audio_vae=pipe.audio_vae, vocoder=pipe.vocoder, transformer=pipe.transformer, scheduler=pipe.scheduler,
+        name=str(source),
+        max_sequence_length=extra.get("max_sequence_length", REAL_MAX_SEQUENCE_LENGTH),
+        stg_blocks=extra.get("stg_blocks", list(REAL_STG_BLOCKS)),
+        inference_steps=extra.get("inference_steps", REAL_INFERENCE_STEPS),
+    )
+    enable_perturbed_attention(components.transformer)
+    return components
+
+
+def enable_perturbed_attention(transformer: torch.nn.Module) -> None:
+    """Make spatio-temporal guidance real on a transformer loaded without `perturbed_attn`.
+
+    LTX-2.0's published config leaves `perturbed_attn` off, and then diffusers silently ignores the STG
+    perturbation mask (the pipeline still pays for the extra forward pass). The perturbed processor has no
+    weights of its own, so switching the self-attention processors after loading is enough.
+    """
+    for block in transformer.transformer_blocks:
+        if not block.perturbed_attn:
+            block.perturbed_attn = True
+            block.attn1.set_processor(LTX2PerturbedAttnProcessor())
+            block.audio_attn1.set_processor(LTX2PerturbedAttnProcessor())
+    transformer.register_to_config(perturbed_attn=True)

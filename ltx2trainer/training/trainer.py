@@ -1,0 +1,177 @@
+"""The LoRA training loop: flow matching on cached latents, AdamW, checkpoints, resume, a per-step hook.
+
+Reads top to bottom: set up (LoRA, optimizer, schedule, Accelerate), maybe resume, then per step draw the
+batch and noise from a generator seeded by (seed, step, rank), predict velocities, take the masked MSE,
+step the optimizer, and report. Everything random is a function of the step, so 5 steps + resume + 5
+steps equal 10 straight steps.
+
+`on_step(StepInfo)` is where progress reporting, billing and cancellation hang; if it raises, the loop
+saves a checkpoint of the step just completed and re-raises, so a cancelled job still has its last
+weights. `on_validate(step)` is called every `validation_every` steps and after the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from ltx2trainer.model.components import ModelComponents
+from ltx2trainer.model.lora import LORA_TARGET_MODULES, attach_lora, load_lora_state, lora_state_dict
+from ltx2trainer.pipeline.preprocess.manifest import fingerprint
+from ltx2trainer.training.checkpoint import Checkpoint, latest_resumable, load_checkpoint, save_checkpoint
+from ltx2trainer.training.data import TrainingData
+from ltx2trainer.training.flow import AudioSigmaMode, flow_matching_loss, prepare_flow_step
+from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Learning rate decays linearly to `final_lr_fraction` of itself over the run."""
+
+    number_of_steps: int
+    learning_rate: float = 2e-4
+    rank: int = 32
+    first_frame_conditioning_p: float = 0.5
+    seed: int = 0
+    batch_size: int = 1
+    max_grad_norm: float = 1.0
+    final_lr_fraction: float = 0.1
+    audio_sigma: AudioSigmaMode = "independent"  # "shared": audio uses the video's sigma (fal-era recipe)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0  # steps; 0 = only when stopped early
+    keep_checkpoints: int = 2
+    validation_every: int = 0  # steps; 0 = only after the last step
+
+    def fingerprint(self, model_name: str, sample_ids: list[str]) -> str:
+        """What a checkpoint must match to be resumed (not the intervals: changing those is harmless)."""
+        settings = {k: v for k, v in asdict(self).items()
+                    if k not in ("checkpoint_every", "keep_checkpoints", "validation_every")}
+        return fingerprint([settings, model_name, sorted(sample_ids), LORA_TARGET_MODULES])
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Reported after every optimizer step. Loss is averaged over processes; times in seconds."""
+
+    step: int
+    total: int
+    loss: float
+    video_loss: float
+    audio_loss: float
+    lr: float
+    elapsed_s: float
+
+
+@dataclass
+class TrainResult:
+    lora_state: dict[str, torch.Tensor]
+    steps_done: int
+    resumed_from: int | None
+    losses: list[float] = field(default_factory=list)
+    last_checkpoint: Checkpoint | None = None
+
+
+def train_lora(
+    components: ModelComponents,
+    data: TrainingData,
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    *,
+    sample_ids: list[str],
+    accelerator: Accelerator | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_validate: Callable[[int], None] | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train a LoRA on `components.transformer` (it is attached here) and return its final weights."""
+    accelerator = accelerator or Accelerator(cpu=components.device.type == "cpu")
+    transformer = components.transformer
+    parameters = attach_lora(transformer, config.rank)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    decay = (1.0 - config.final_lr_fraction) / max(config.number_of_steps, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - decay * done)
+    run_fingerprint = config.fingerprint(components.name, sample_ids)
+
+    start, resumed_from = 0, None
+    if resume and (checkpoint := latest_resumable(checkpoint_dir, run_fingerprint)) is not None:
+        lora_state, state = load_checkpoint(checkpoint)
+        load_lora_state(transformer, {k: v.to(components.device) for k, v in lora_state.items()})
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        start = resumed_from = state["step"]
+        log.info("resuming from step %d (%s)", start, checkpoint.path)
+
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    sampler = ShiftedLogitNormalSampler()
+    dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype  # the base weights' dtype
+    result = TrainResult(lora_state={}, steps_done=start, resumed_from=resumed_from)
+
+    def checkpoint(step: int) -> Checkpoint | None:
+        if not accelerator.is_main_process:
+            return None
+        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "fingerprint": run_fingerprint}
+        result.last_checkpoint = save_checkpoint(checkpoint_dir, step, lora_state_dict(model), state,
+                                                 keep=config.keep_checkpoints)
+        return result.last_checkpoint
+
+    started = time.perf_counter()
+    for step in range(start + 1, config.number_of_steps + 1):
+        # All randomness of this step (batch, sigmas, noise, conditioning) comes from this generator.
+        generator = torch.Generator().manual_seed(
+            (config.seed * 1_000_003 + step) * 1_009 + accelerator.process_index
+        )
+        indices = data.indices(step, config.batch_size, config.seed, accelerator.process_index,
+                               accelerator.num_processes)
+        flow = prepare_flow_step(
+            data.batch(indices), sampler, generator, first_frame_p=config.first_frame_conditioning_p,
+            audio_sigma_mode=config.audio_sigma, device=accelerator.device, dtype=dtype,
+        )
+        with accelerator.autocast():
+            video_pred, audio_pred = model(**flow.model_kwargs)
+        loss, video_loss, audio_loss = flow_matching_loss(video_pred, audio_pred, flow)
+        accelerator.backward(loss)
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        losses = accelerator.reduce(torch.stack([loss.detach(), video_loss, audio_loss]), reduction="mean")
+        info = StepInfo(step, config.number_of_steps, float(losses[0]), float(losses[1]), float(losses[2]),
+                        schedule.get_last_lr()[0], time.perf_counter() - started)
+        result.losses.append(info.loss)
+        result.steps_done = step
+        if on_step is not None:
+            try:
+                on_step(info)
+            except BaseException:
+                checkpoint(step)  # stopped from outside: keep what was learned so far
+                raise
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.number_of_steps:
+            checkpoint(step)
+        if on_validate is not None and (
+            step == config.number_of_steps or (config.validation_every and step % config.validation_every == 0)
+        ):
+            model.eval()
+            if accelerator.is_main_process:
+                on_validate(step)
+            accelerator.wait_for_everyone()
+            model.train()
+
+    result.lora_state = lora_state_dict(model)
+    model.eval()
+    return result
