@@ -164,7 +164,7 @@ def read_pixels(path: Path) -> torch.Tensor:
     """A fitted video (MP4) or image (PNG) as [3, F, H, W] float32 in [-1, 1]."""
     if path.suffix.lower() == ".png":
         with Image.open(path) as image:
-            frames = np.asarray(image.convert("RGB"))[None]
+            frames = np.array(image.convert("RGB"))[None]
     else:
         with av.open(str(path)) as container:
             frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])

@@ -94,7 +94,9 @@ def train_lora(
     """Train a LoRA on `components.transformer` (it is attached here) and return its final weights."""
     accelerator = accelerator or Accelerator(cpu=components.device.type == "cpu")
     transformer = components.transformer
-    parameters = attach_lora(transformer, config.rank)
+    with torch.random.fork_rng(devices=[]):  # LoRA A matrices are random: draw them from the run's seed
+        torch.manual_seed(config.seed)
+        parameters = attach_lora(transformer, config.rank)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
@@ -116,7 +118,7 @@ def train_lora(
 
     model, optimizer = accelerator.prepare(transformer, optimizer)
     sampler = ShiftedLogitNormalSampler()
-    dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype  # the base weights' dtype
+    dtype = transformer.proj_in.weight.dtype  # the base weights' dtype (LoRA weights are float32)
     result = TrainResult(lora_state={}, steps_done=start, resumed_from=resumed_from)
 
     def checkpoint(step: int) -> Checkpoint | None:
