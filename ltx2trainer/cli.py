@@ -8,42 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console, validate_input
+from ltx2trainer.cli_training import sample, train
 from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.schemas import TrainingInput
 from ltx2trainer.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LTX-2 LoRA adapters.")
-console = Console(stderr=True)
+app.command()(train)
+app.command()(sample)
 
 FETCH_DIR = Path(".state") / "fetch"  # inside --out: the download and the extracted upload, kept for re-runs
-
-
-class WithAudio(str, Enum):
-    auto = "auto"
-    true = "true"
-    false = "false"
-
-
-class ResolutionChoice(str, Enum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-
-
-class AspectChoice(str, Enum):
-    wide = "16:9"
-    square = "1:1"
-    tall = "9:16"
 
 
 @app.command()
@@ -79,7 +61,7 @@ def prepare(
         "split_input_into_scenes": split_input_into_scenes,
         "split_input_duration_threshold": split_input_duration_threshold,
     }
-    training_input = _validate(fields)
+    training_input = validate_input(fields)
     settings = get_settings(**({"prepare_workers": workers} if workers else {}))
     result = _run_prepare(training_input, out, settings)
     _print_summary(result.report, out)
@@ -101,33 +83,27 @@ def make_sample_data(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo-output"),
+    number_of_steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
 ) -> None:
-    """Run the main job end to end on generated data: make a sample dataset, then prepare it."""
+    """The main job end to end on generated data and the tiny model: sample clips → dataset → LoRA."""
+    from ltx2trainer.cli_training import run_with_progress
     from ltx2trainer.sample_data import make_demo_dataset
 
-    console.print("[bold]1/2[/] generating a sample dataset with ffmpeg…")
+    console.print("[bold]1/3[/] generating a sample dataset with ffmpeg…")
     archive = make_demo_dataset(out / "sample_data")
-    training_input = _validate({"training_data_url": str(archive), "trigger_phrase": "DEMO"})
-    console.print(f"[bold]2/2[/] preparing {archive}…")
+    # Small sizes keep the demo to a minute or two on a laptop CPU; the tiny model learns at a high rate.
+    training_input = validate_input({
+        "training_data_url": str(archive), "trigger_phrase": "DEMO", "resolution": "low", "aspect_ratio": "16:9",
+        "number_of_frames": 17, "rank": 16, "number_of_steps": number_of_steps, "learning_rate": 1e-3,
+        "validation": [{"prompt": "DEMO colour bars with a steady tone"}], "validation_resolution": "low",
+        "validation_aspect_ratio": "16:9", "validation_number_of_frames": 17, "seed": 0,
+    })
+    console.print(f"[bold]2/3[/] preparing {archive}…")
     dataset_dir = out / "dataset"
-    result = _run_prepare(training_input, dataset_dir, get_settings())
-    _print_summary(result.report, dataset_dir)
-
-
-def _validate(fields: dict[str, Any]) -> TrainingInput:
-    try:
-        training_input = TrainingInput.model_validate(fields, context={"allow_file_urls": True})
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "input"
-            console.print(f"[red]invalid {where.replace('_', '-')}:[/] {error['msg']}")
-        raise typer.Exit(2) from None
-    for adjustment in training_input.adjustments:
-        console.print(
-            f"[yellow]note:[/] {adjustment.field.replace('_', '-')} {adjustment.requested} → {adjustment.used} "
-            f"({adjustment.reason})"
-        )
-    return training_input
+    prepared = _run_prepare(training_input, dataset_dir, get_settings())
+    _print_summary(prepared.report, dataset_dir)
+    console.print("[bold]3/3[/] training a LoRA on the tiny LTX-2 preset…")
+    run_with_progress(dataset_dir, out / "lora", training_input, model="tiny")
 
 
 def _run_prepare(training_input: TrainingInput, out: Path, settings):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+
+# The tiny model gains nothing from intra-op threads, and they fight with the dataset workers and the
+# second DDP process over 2 cores (seconds per step instead of milliseconds). Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import shutil  # noqa: E402
 import threading
 import time
 from collections.abc import Callable, Iterator

@@ -1,0 +1,165 @@
+"""Train stage, end to end: a processed dataset in, a LoRA with its config and validation video out.
+
+    load model → encode (once, cached) → encode validation prompts → free the text encoder
+    → attach LoRA and train (checkpoints, validation at intervals) → export
+
+Runs the same in one process or under `accelerate launch` with several (DDP): the main process encodes
+first and the others then read its cache; only the main process validates and writes outputs.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from ltx2trainer.errors import JobCancelled
+from ltx2trainer.model.presets import load_model
+from ltx2trainer.pipeline.encode import cache_dir_for, encode_dataset, silence_latents
+from ltx2trainer.pipeline.export import ExportedLora, export_lora
+from ltx2trainer.pipeline.preprocess.manifest import read_manifest
+from ltx2trainer.pipeline.validate import ValidationSettings, Validator
+from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.training.data import TrainingData
+from ltx2trainer.training.trainer import StepInfo, TrainConfig, train_lora
+
+log = logging.getLogger(__name__)
+
+VALIDATION_POINTS = 4  # validate at 25 %, 50 %, 75 % and 100 % of the steps
+CHECKPOINT_EVERY_STEPS = 250
+COMBINED_VIDEO_NAME = "validation.mp4"
+
+PhaseCallback = Callable[[str], None]
+
+
+@dataclass
+class TrainingRunResult:
+    """What a training run produced (paths are None on processes other than the main one)."""
+
+    exported: ExportedLora | None
+    video: Path | None
+    validation_clips: list[Path] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    steps_done: int = 0
+    resumed_from: int | None = None
+    samples_encoded: int = 0
+    samples_reused: int = 0
+    seconds: float = 0.0
+
+
+def train_config_for(training_input: TrainingInput, **overrides) -> TrainConfig:
+    """The engine's configuration for a request (intervals scale with the number of steps)."""
+    steps = training_input.number_of_steps
+    values = {
+        "number_of_steps": steps,
+        "learning_rate": training_input.learning_rate,
+        "rank": training_input.rank,
+        "first_frame_conditioning_p": training_input.first_frame_conditioning_p,
+        "seed": training_input.seed or 0,
+        "checkpoint_every": CHECKPOINT_EVERY_STEPS if steps > CHECKPOINT_EVERY_STEPS else 0,
+        "validation_every": max(steps // VALIDATION_POINTS, 1),
+        "gradient_checkpointing": torch.cuda.is_available(),
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def training_summary(losses: list[float], steps: int, processes: int, samples: int, has_audio: bool) -> dict:
+    """What config.json records about the run (losses of this process's run; a resumed run's own steps)."""
+    window = min(10, len(losses))
+    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+    return {
+        "steps": steps, "processes": processes, "samples": samples, "dataset_has_audio": has_audio,
+        "final_loss": losses[-1] if losses else None,
+        "loss_first_10": mean(losses[:window]), "loss_last_10": mean(losses[-window:]),
+    }
+
+
+def run_training(
+    dataset_dir: Path,
+    out_dir: Path,
+    training_input: TrainingInput,
+    *,
+    model: str = "tiny",
+    work_dir: Path | None = None,
+    validation_images: list[Path | None] | None = None,
+    accelerator: Accelerator | None = None,
+    on_phase: PhaseCallback | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    config_overrides: dict | None = None,
+) -> TrainingRunResult:
+    """Train a LoRA on the processed dataset in `dataset_dir`; outputs go to `out_dir`.
+
+    `work_dir` holds the latent cache and checkpoints (default `out_dir/.work`); reusing it resumes.
+    """
+    started = time.perf_counter()
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    work_dir = work_dir or out_dir / ".work"
+    phase = on_phase or (lambda name: None)
+    main = accelerator.is_main_process
+
+    phase("loading model")
+    components = load_model(model, device=accelerator.device, seed=training_input.seed or 0)
+
+    phase("encoding")
+    cache_dir = cache_dir_for(work_dir, components)
+    with accelerator.main_process_first():
+        encoded = encode_dataset(dataset_dir, cache_dir, components, cancel=cancel)
+        rows = read_manifest(dataset_dir)
+        silence = None
+        if any(row.audio is None for row in rows):
+            silence = silence_latents(components, cache_dir, rows[0].frames, encoded.frame_rate)
+    data = TrainingData.load(encoded, silence)
+
+    validator = None
+    if training_input.validation and main:
+        images = validation_images or [None] * len(training_input.validation)
+        validator = Validator(components, ValidationSettings.from_input(training_input, images),
+                              out_dir / "validation")
+    # Every text is encoded now: the text encoder (Gemma, 13 B parameters for real) is not needed again.
+    components.text_encoder = None
+    gc.collect()
+
+    def step_hook(info: StepInfo) -> None:
+        if on_step is not None:
+            on_step(info)
+        if cancel is not None and cancel():
+            raise JobCancelled(f"cancelled after step {info.step}")
+
+    def validate(step: int) -> None:
+        phase("validating")
+        validator(step)
+        phase("training")
+
+    phase("training")
+    config = train_config_for(training_input, **(config_overrides or {}))
+    trained = train_lora(
+        components, data, config, work_dir / "checkpoints", sample_ids=[s.id for s in encoded.samples],
+        accelerator=accelerator, on_step=step_hook, on_validate=validate if validator else None,
+    )
+
+    result = TrainingRunResult(
+        exported=None, video=None, losses=trained.losses, steps_done=trained.steps_done,
+        resumed_from=trained.resumed_from, samples_encoded=encoded.samples_encoded,
+        samples_reused=encoded.samples_reused,
+    )
+    if main:
+        phase("exporting")
+        result.exported = export_lora(
+            out_dir, trained.lora_state, training_input, base_model=components.name,
+            extra={"training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,
+                                                len(encoded.samples), data.has_audio)},
+        )
+        if validator is not None:
+            result.validation_clips = [clip.path for clip in validator.clips]
+            result.video = validator.write_combined(out_dir / COMBINED_VIDEO_NAME)
+    accelerator.wait_for_everyone()
+    result.seconds = time.perf_counter() - started
+    return result

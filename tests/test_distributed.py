@@ -1,0 +1,50 @@
+"""Training under `accelerate launch` with two CPU processes (DDP over gloo) gives a valid, learning LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from diffusers import LTX2Pipeline
+
+from ltx2trainer.model.tiny import build_tiny_components
+from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
+from tests.mediagen import make_video
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_a_valid_lora_with_falling_loss(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name, source in (("bars", "smptebars"), ("pattern", "testsrc2"), ("rgb", "rgbtestsrc")):
+        make_video(clips / f"{name}.mp4", seconds=1.0, source=source, tone_hz=440)
+        (clips / f"{name}.txt").write_text(f"a {name} test clip")
+    prepare_dataset(clips, tmp_path / "ds", PrepareOptions(number_of_frames=17, width=128, height=128))
+
+    # --multi_gpu makes accelerate spawn the processes with torchrun; with no GPU, Accelerate then sets
+    # them up as MULTI_CPU over gloo (its --cpu flag alone runs one process).
+    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               "-m", "ltx2trainer.cli", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "out"),
+               "--number-of-steps", "100", "--rank", "8", "--learning-rate", "0.002",
+               "--first-frame-conditioning-p", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    training = config["training"]
+    assert training["processes"] == 2 and training["steps"] == 100
+    assert training["loss_last_10"] < 0.8 * training["loss_first_10"], training
+
+    base = tmp_path / "base"
+    build_tiny_components(0).save(base)
+    pipe = LTX2Pipeline.from_pretrained(str(base))
+    pipe.load_lora_weights(str(tmp_path / "out" / "lora.safetensors"))
+    assert pipe.transformer.peft_config["default_0"].r == 8
