@@ -18,10 +18,13 @@ python=${PYTHON:-python3}
   echo "setup: Python 3.11 or newer is needed (found $("$python" --version))" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # Reinstall only when the dependency list changed.
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip
+  # torch first, pinned: an unpinned resolve would pull a multi-GB CUDA build. TORCH_SPEC overrides it
+  # (e.g. TORCH_SPEC="torch==2.13.0+cu128 --index-url ..." on a GPU machine).
+  .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
   .venv/bin/python -m pip install -q -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"

@@ -84,6 +84,9 @@ def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32) -
         inference_steps=extra.get("inference_steps", REAL_INFERENCE_STEPS),
     )
     enable_perturbed_attention(components.transformer)
+    # Decoding 89 frames at 960² in one piece needs tens of GB; tiles keep validation within a GPU's memory
+    # (ltx-trainer decodes with tiling too). Encoding the training clips is unaffected in quality.
+    components.vae.enable_tiling()
     return components
 
 
