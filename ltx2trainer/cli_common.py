@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ltx2trainer.schemas import TrainingInput
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no hard wraps: messages stay greppable in logs
 
 
 class WithAudio(str, Enum):

@@ -76,7 +76,7 @@ def test_cached_latents_have_the_real_topology(encoded):
     sample = TrainingData.load(encoded).samples[0]
     assert sample["video"].shape == (8, 3, SIZE // 32, SIZE // 32)  # 8x temporal, 32x spatial compression
     assert sample["first_frame"].shape == (8, 1, SIZE // 32, SIZE // 32)
-    assert sample["audio"].shape == (round(FRAMES / 25 * 25), 32)  # 25 audio latents per second
+    assert sample["audio"].shape == (round(FRAMES / 25 * 25), 128)  # 25 latents per second, 128 wide
     assert sample["video_context"].shape[0] == sample["mask"].shape[0] == 64
 
 

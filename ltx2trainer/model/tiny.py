@@ -6,9 +6,10 @@ Gemma 3 hidden states of every layer into text connectors with learnable registe
 with all six attention kinds and perturbed attention (STG). What it drops is width and depth, so that it
 builds in about a second and trains on a CPU. Nothing is downloaded: the tokenizer is built here too.
 
-The configuration follows `reference/A_diffusers_ltx2.md` §3, including its dimension constraints
-(connector width == Gemma width == transformer caption channels, audio VAE base channels == latent
-channels × mel bins / 4, 3-level audio VAE so its compression is 4×).
+The configuration follows `reference/A_diffusers_ltx2.md` §3 and its dimension constraints (connector
+width == Gemma width == transformer caption channels, audio VAE base channels == latent channels × mel
+bins / 4, 3-level audio VAE so its compression is 4×), with the audio latent widened to LTX-2's 8
+channels so that audio tokens are 128 wide as in the real model.
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def build_tiny_components(seed: int = 0) -> ModelComponents:
             # Always pass these: derived values would be 64/16 for this topology (pitfall 2).
             spatial_compression_ratio=32, temporal_compression_ratio=8,
         )
+        # 8 latent channels × 16 mel bins = 128-wide audio tokens, as in LTX-2. The latent statistics have
+        # base_channels entries applied to packed tokens, so base_channels must be 8 × 64 / 4 = 128; three
+        # levels give the 4× compression the pipelines assume, at constant width to stay small.
         audio_vae = AutoencoderKLLTX2Audio(
-            base_channels=32, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, in_channels=2,
-            latent_channels=2, norm_type="pixel", causality_axis="height", sample_rate=16_000,
+            base_channels=128, output_channels=2, ch_mult=(1, 1, 1), num_res_blocks=1, in_channels=2,
+            latent_channels=8, norm_type="pixel", causality_axis="height", sample_rate=16_000,
             mel_hop_length=160, is_causal=True, mel_bins=64, double_z=True,
         )
         vocoder = LTX2Vocoder(
@@ -109,7 +113,7 @@ def build_tiny_components(seed: int = 0) -> ModelComponents:
         )
         transformer = LTX2VideoTransformer3DModel(
             in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
-            audio_in_channels=32, audio_out_channels=32, audio_num_attention_heads=2, audio_attention_head_dim=8,
+            audio_in_channels=128, audio_out_channels=128, audio_num_attention_heads=2, audio_attention_head_dim=8,
             audio_cross_attention_dim=16, num_layers=2, caption_channels=TINY_TEXT_WIDTH, rope_type="split",
             rope_double_precision=True, vae_scale_factors=(8, 32, 32), audio_scale_factor=4,
             timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000, perturbed_attn=True,
