@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import ipaddress
-import socket
-import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest

@@ -8,6 +8,7 @@ have, and no data-loader state needs saving.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from ltx2trainer.pipeline.encode import EncodedDataset, load_sample
 from ltx2trainer.training.flow import Batch
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity, for the epoch-order cache
 class TrainingData:
     """The encoded samples held in memory (latents are small: ~3.5 MB per 89-frame 768² clip)."""
 
@@ -43,9 +44,13 @@ class TrainingData:
         for j in range(batch_size):
             position = ((step - 1) * world + rank) * batch_size + j
             epoch, offset = divmod(position, count)
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            picks.append(int(order[offset]))
+            picks.append(self._epoch_order(seed, epoch)[offset])
         return picks
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - a handful of small lists, for the object's lifetime
+    def _epoch_order(self, seed: int, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return torch.randperm(len(self.samples), generator=generator).tolist()
 
     def batch(self, indices: list[int]) -> Batch:
         chosen = [self.samples[i] for i in indices]

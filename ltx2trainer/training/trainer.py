@@ -116,7 +116,10 @@ def train_lora(
         start = resumed_from = state["step"]
         log.info("resuming from step %d (%s)", start, checkpoint.path)
 
-    model, optimizer = accelerator.prepare(transformer, optimizer)
+    # Only the model goes through Accelerate (DDP wrapping, device placement). The optimizer stays plain:
+    # there is no fp16 loss scaling or gradient accumulation to manage, and Accelerate's wrapper costs
+    # ~0.15 ms a step (a tiny model's steps are ~30 ms).
+    model = accelerator.prepare(transformer)
     sampler = ShiftedLogitNormalSampler()
     dtype = transformer.proj_in.weight.dtype  # the base weights' dtype (LoRA weights are float32)
     result = TrainResult(lora_state={}, steps_done=start, resumed_from=resumed_from)
@@ -147,7 +150,7 @@ def train_lora(
         loss, video_loss, audio_loss = flow_matching_loss(video_pred, audio_pred, flow)
         accelerator.backward(loss)
         if config.max_grad_norm:
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -50,7 +50,7 @@ from ltx2trainer.pipeline.preprocess.parallel import (
     make_executor,
     run_parallel,
 )
-from ltx2trainer.pipeline.preprocess.report import PrepareResult, PrepareReport
+from ltx2trainer.pipeline.preprocess.report import PrepareReport, PrepareResult
 from ltx2trainer.pipeline.preprocess.scenes import detect_scenes
 
 log = logging.getLogger(__name__)
