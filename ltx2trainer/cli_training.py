@@ -25,12 +25,13 @@ from rich.text import Text
 from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, console, validate_input
 from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.schemas import RESOLUTION_PRESETS
+from ltx2trainer.settings import get_settings
 
 
 def train(
     dataset: Annotated[Path, typer.Argument(help="A folder made by `ltx2trainer prepare` (manifest.jsonl).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the LoRA, config.json and validation videos.")],
-    model: Annotated[str, typer.Option(help="'tiny' or a path / hub id of diffusers-format LTX-2.")] = "tiny",
+    model: Annotated[str | None, typer.Option(help="'tiny' or a path / hub id (default: LTX2T_MODEL).")] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank: 8, 16, 32, 64 or 128.")] = 32,
     number_of_steps: Annotated[int, typer.Option(help="Training steps (100-20000).")] = 2000,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
@@ -69,7 +70,8 @@ def train(
         fields["validation_negative_prompt"] = validation_negative_prompt
     training_input = validate_input(fields)
 
-    run_with_progress(dataset, out, training_input, model=model, validation_images=list(validation_image) or None)
+    run_with_progress(dataset, out, training_input, model=model or get_settings().model,
+                      validation_images=list(validation_image) or None)
 
 
 def run_with_progress(dataset: Path, out: Path, training_input, *, model: str,
@@ -105,7 +107,7 @@ def sample(
     prompt: Annotated[str, typer.Option(help="What to generate.")],
     out: Annotated[Path, typer.Option("--out", help="The MP4 to write.")],
     lora: Annotated[Path | None, typer.Option(help="A LoRA file (either layout); none = base model.")] = None,
-    model: Annotated[str, typer.Option(help="'tiny' or a path / hub id of diffusers-format LTX-2.")] = "tiny",
+    model: Annotated[str | None, typer.Option(help="'tiny' or a path / hub id (default: LTX2T_MODEL).")] = None,
     image: Annotated[Path | None, typer.Option(help="First-frame image (image-to-video).")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
     number_of_frames: Annotated[int, typer.Option(help="Frames (8n+1).")] = 89,
@@ -125,7 +127,7 @@ def sample(
     if frames != number_of_frames:
         console.print(f"[yellow]note:[/] number-of-frames {number_of_frames} → {frames} (must be 8n+1)")
     width, height = frame_size(resolution.value, aspect_ratio.value)
-    components = load_model(model)
+    components = load_model(model or get_settings().model)
     if lora is not None:
         if not lora.exists():
             console.print(f"[red]error:[/] LoRA file not found: {lora}")

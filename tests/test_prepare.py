@@ -157,7 +157,7 @@ def test_cli_reports_a_bad_upload_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_command_prepares_the_sample_dataset(tmp_path):
+def test_demo_command_prepares_the_sample_dataset_and_trains_a_lora(tmp_path):
     run = subprocess.run([*CLI, "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
                          check=False)
     assert run.returncode == 0, run.stderr
@@ -165,4 +165,9 @@ def test_demo_command_prepares_the_sample_dataset(tmp_path):
     assert len(rows) == 7  # three clips and the four scenes of the long video
     assert sum(row.scene is not None for row in rows) == 4
     assert all(row.caption.startswith("DEMO ") and row.audio for row in rows)
-
+    lora = tmp_path / "demo" / "lora"
+    for name in ("lora.safetensors", "lora_comfyui.safetensors", "config.json", "validation.mp4"):
+        assert (lora / name).stat().st_size > 0, name
+    training = json.loads((lora / "config.json").read_text())["training"]
+    assert training["steps"] == 100 and training["samples"] == 7
+    assert video_facts(lora / "validation.mp4")["audio_streams"] == 1

@@ -260,6 +260,17 @@ def test_gradient_checkpointing_gives_the_same_steps(encoded, tmp_path):
     assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-4)
 
 
+def test_same_seed_same_lora_other_seed_other_lora(encoded, tmp_path):
+    def run(seed, folder):
+        return train_lora(load_model("tiny"), TrainingData.load(encoded),
+                          TrainConfig(number_of_steps=4, rank=8, seed=seed), tmp_path / folder,
+                          sample_ids=ids(encoded)).lora_state
+
+    first, again, other = run(1, "a"), run(1, "b"), run(2, "c")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
 def test_training_losses_are_reported_per_step(encoded, tmp_path):
     result = train_lora(load_model("tiny"), TrainingData.load(encoded), TrainConfig(number_of_steps=8, rank=8),
                         tmp_path, sample_ids=ids(encoded))

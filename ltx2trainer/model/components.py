@@ -6,8 +6,10 @@ Both presets (tiny, built locally; real, loaded from a diffusers-format folder o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,35 @@ class ModelComponents:
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
+
+    def park(self) -> None:
+        """Move what training does not use (VAEs, vocoder, connectors) off the accelerator to host memory.
+
+        Training reads cached latents and text context only; these come back for validation (`unparked`).
+        A no-op when everything is on the CPU anyway.
+        """
+        if self.device.type == "cpu":
+            return
+        for module in self._parkable():
+            module.to("cpu")
+        torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def unparked(self) -> Iterator[None]:
+        """Bring parked modules to the transformer's device for the duration (validation sampling)."""
+        device = self.device
+        if device.type == "cpu":
+            yield
+            return
+        for module in self._parkable():
+            module.to(device)
+        try:
+            yield
+        finally:
+            self.park()
+
+    def _parkable(self) -> list[torch.nn.Module]:
+        return [m for m in (self.vae, self.audio_vae, self.vocoder, self.connectors) if m is not None]
 
 
 def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32) -> ModelComponents:

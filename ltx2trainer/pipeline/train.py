@@ -123,9 +123,11 @@ def run_training(
         images = validation_images or [None] * len(training_input.validation)
         validator = Validator(components, ValidationSettings.from_input(training_input, images),
                               out_dir / "validation")
-    # Every text is encoded now: the text encoder (Gemma, 13 B parameters for real) is not needed again.
+    # Every text is encoded now: the text encoder (Gemma, 13 B parameters for real) is not needed again,
+    # and the VAEs, vocoder and connectors wait in host memory until validation needs them.
     components.text_encoder = None
     gc.collect()
+    components.park()
 
     def step_hook(info: StepInfo) -> None:
         if on_step is not None:
@@ -135,7 +137,8 @@ def run_training(
 
     def validate(step: int) -> None:
         phase("validating")
-        validator(step)
+        with components.unparked():
+            validator(step)
         phase("training")
 
     phase("training")
