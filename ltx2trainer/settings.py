@@ -8,9 +8,13 @@ entry point and pass the object down.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +64,28 @@ class Settings(BaseSettings):
     # --- dataset preparation ---
     prepare_workers: int = Field(0, ge=0, description="Parallel clip workers; 0 = one per CPU core.")
 
+    # --- the service ---
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses to start without real secrets."
+    )
+    public_base_url: str = Field("", description="Base URL clients reach the gateway at; default: the request's.")
+    file_url_secret: str = Field("", description="HMAC key of signed local file URLs (dev: generated).")
+    file_url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed file URLs.")
+    webhook_secret: str = Field("", description="Standard Webhooks signing secret, whsec_… (dev: generated).")
+    webhook_timeout_s: float = Field(15.0, gt=0, description="One delivery attempt's time limit.")
+    webhook_max_attempts: int = Field(10, ge=1, description="Delivery attempts before giving up.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto); default AWS.")
+    s3_region: str = Field("us-east-1")
+    job_lease_s: int = Field(120, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
+    job_max_attempts: int = Field(3, ge=1, description="Runs of one job (crash recovery) before it fails.")
+    broker_visibility_timeout_s: int = Field(
+        48 * 3600, gt=0, description="Redis: redeliver unacknowledged tasks only after this long (> longest job)."
+    )
+    fal_app_ids: list[str] = Field(
+        default_factory=lambda: ["fal-ai/ltx2-video-trainer"], description="App ids the queue facade answers to."
+    )
+    status_log_limit: int = Field(500, gt=0, description="Log lines returned in a status response.")
+
     @model_validator(mode="after")
     def _derive_embedded_defaults(self) -> Settings:
         if not self.database_url:
@@ -73,6 +99,40 @@ class Settings(BaseSettings):
     @property
     def effective_prepare_workers(self) -> int:
         return self.prepare_workers or max(1, os.cpu_count() or 1)
+
+    def secret(self, name: Literal["file_url_secret", "webhook_secret"]) -> str:
+        """A signing secret: the configured one, or in development one generated once into the data dir.
+
+        Production has no usable default: starting without the secret is an error naming the variable.
+        """
+        configured = getattr(self, name)
+        if configured:
+            return configured
+        if self.environment == "production":
+            raise RuntimeError(f"LTX2T_{name.upper()} must be set when LTX2T_ENVIRONMENT=production")
+        return _development_secrets(self.data_dir)[name]
+
+
+def _development_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets shared by the gateway and the workers of one development install (data_dir/secrets.json)."""
+    path = data_dir / "secrets.json"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fresh = {
+            "file_url_secret": secrets.token_urlsafe(32),
+            "webhook_secret": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+        tmp = path.with_name(f".secrets.json.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(fresh, handle)
+        try:
+            os.link(tmp, path)  # first writer wins; a concurrent second process reads the first one's file
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return json.loads(path.read_text())
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -1,0 +1,1 @@
+"""Job store: tables, the lifecycle (the only place status changes), API keys, the queue."""

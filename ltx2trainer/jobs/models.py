@@ -1,0 +1,96 @@
+"""Tables of the job store: jobs, their events (status, phase, progress, logs, outputs) and API keys.
+
+Rows are internal; the API answers with the public envelope of `ltx2trainer.schemas.TrainingJob`, never a row.
+Every job belongs to one owner (the account of the API key that created it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ltx2trainer.jobs.db import Base, utcnow
+
+
+class JobStatus:
+    """Native job statuses (DESIGN §5). Terminal ones never change again."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+
+PHASES = ("fetching", "preparing", "encoding", "training", "validating", "publishing")
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    phase: Mapped[str | None] = mapped_column(String(16), default=None)
+    app_id: Mapped[str | None] = mapped_column(String(128), default=None)  # set when submitted via the fal facade
+    input: Mapped[dict[str, Any]]
+    adjustments: Mapped[list[Any]] = mapped_column(default=list)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    output: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    fal_webhook: Mapped[str | None] = mapped_column(String(2048), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), default=None)
+    request_hash: Mapped[str] = mapped_column(String(64), default="")
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(256), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in JobStatus.TERMINAL
+
+
+class JobEventRow(Base):
+    """One thing that happened to a job, in order: its id is the SSE event id (resume with Last-Event-ID)."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # status | phase | progress | log | output
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key: `<id>:<secret>` is what clients send; only a hash of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)

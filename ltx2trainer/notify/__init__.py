@@ -1,0 +1,1 @@
+"""Reactions to job transitions: signed webhooks from an outbox (and, later, billing)."""
