@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console, validate_input
+from ltx2trainer.cli_service import keys_app, serve, submit, worker
 from ltx2trainer.cli_training import sample, train
 from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.schemas import TrainingInput
@@ -24,6 +25,10 @@ from ltx2trainer.settings import get_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LTX-2 LoRA adapters.")
 app.command()(train)
 app.command()(sample)
+app.command()(serve)
+app.command()(worker)
+app.command()(submit)
+app.add_typer(keys_app, name="keys")
 
 FETCH_DIR = Path(".state") / "fetch"  # inside --out: the download and the extracted upload, kept for re-runs
 
@@ -80,24 +85,43 @@ def make_sample_data(
     console.print(f"sample dataset: {folder}  (zip: {archive})")
 
 
+DEMO_INPUT = {
+    # Small sizes keep the demo to a minute or two on a laptop CPU; the tiny model learns at a high rate.
+    "trigger_phrase": "DEMO", "resolution": "low", "aspect_ratio": "16:9", "number_of_frames": 17, "rank": 16,
+    "learning_rate": 1e-3, "validation": [{"prompt": "DEMO colour bars with a steady tone"}],
+    "validation_resolution": "low", "validation_aspect_ratio": "16:9", "validation_number_of_frames": 17, "seed": 0,
+}
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo-output"),
     number_of_steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
+    local: Annotated[bool, typer.Option(help="Run the pipeline in this process instead of the service.")] = False,
 ) -> None:
-    """The main job end to end on generated data and the tiny model: sample clips → dataset → LoRA."""
-    from ltx2trainer.cli_training import run_with_progress
+    """The whole product on generated data and the tiny model, on one machine with no services to install.
+
+    Starts the gateway and a worker (embedded database, broker and storage under OUT/service), creates an
+    API key, generates a sample dataset, submits it over HTTP, follows it and downloads the outputs.
+    With --local: prepare and train in this process, without the service.
+    """
     from ltx2trainer.sample_data import make_demo_dataset
 
     console.print("[bold]1/3[/] generating a sample dataset with ffmpeg…")
     archive = make_demo_dataset(out / "sample_data")
-    # Small sizes keep the demo to a minute or two on a laptop CPU; the tiny model learns at a high rate.
-    training_input = validate_input({
-        "training_data_url": str(archive), "trigger_phrase": "DEMO", "resolution": "low", "aspect_ratio": "16:9",
-        "number_of_frames": 17, "rank": 16, "number_of_steps": number_of_steps, "learning_rate": 1e-3,
-        "validation": [{"prompt": "DEMO colour bars with a steady tone"}], "validation_resolution": "low",
-        "validation_aspect_ratio": "16:9", "validation_number_of_frames": 17, "seed": 0,
-    })
+    if local:
+        _local_demo(archive, out, number_of_steps)
+        return
+    from ltx2trainer.demo import run_service_demo
+
+    run_service_demo(archive, out, {**DEMO_INPUT, "number_of_steps": number_of_steps})
+
+
+def _local_demo(archive: Path, out: Path, number_of_steps: int) -> None:
+    from ltx2trainer.cli_training import run_with_progress
+
+    training_input = validate_input({**DEMO_INPUT, "training_data_url": str(archive),
+                                     "number_of_steps": number_of_steps})
     console.print(f"[bold]2/3[/] preparing {archive}…")
     dataset_dir = out / "dataset"
     prepared = _run_prepare(training_input, dataset_dir, get_settings())

@@ -267,3 +267,40 @@ class TrainingOutput(BaseModel):
     config_file: File
     video: File | None = None
     debug_dataset: File | None = None
+
+
+class JobProgress(BaseModel):
+    """Where a running job is: training step out of total, latest loss, estimated seconds left."""
+
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    eta_s: float | None = None
+    fraction: float = 0.0
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class TrainingJob(BaseModel):
+    """The job envelope: every response about a training has this shape (DESIGN §5)."""
+
+    id: str
+    object: Literal["training"] = "training"
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    phase: str | None = None
+    queue_position: int | None = None
+    progress: JobProgress
+    input: dict[str, Any]
+    adjustments: list[Adjustment] = Field(default_factory=list)
+    output: dict[str, Any] | None = None
+    error: JobError | None = None
+    usage: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    estimated_cost_usd: Decimal | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    urls: dict[str, str] = Field(default_factory=dict)

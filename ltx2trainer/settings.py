@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     # --- where things live (embedded defaults derive from data_dir) ---
     data_dir: Path = Field(default_factory=_default_data_dir, description="Root of all local state.")
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/ltx2trainer.db.")
-    broker_url: str = Field("", description="Celery broker; default a SQLite-backed kombu transport.")
+    broker_url: str = Field("", description="Celery broker; default kombu's filesystem transport (no server).")
     storage_url: str = Field("", description="file://<dir> or s3://bucket/prefix; default file://<data_dir>/storage.")
     model: str = Field("tiny", description="'tiny' (random-weight LTX-2 for CPU) or a path / hub id of weights.")
     price_per_step: Decimal = Field(Decimal("0.0048"), ge=0, description="USD charged per training step.")
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'ltx2trainer.db'}"
         if not self.broker_url:
-            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+            self.broker_url = "filesystem://"  # folders under data_dir/broker (worker/celery_app.py)
         if not self.storage_url:
             self.storage_url = (self.data_dir / "storage").resolve().as_uri()
         return self

@@ -158,8 +158,8 @@ def test_cli_reports_a_bad_upload_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_demo_command_prepares_the_sample_dataset_and_trains_a_lora(tmp_path):
-    run = subprocess.run([*CLI, "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
-                         check=False)
+    run = subprocess.run([*CLI, "demo", "--local", "--out", str(tmp_path / "demo")], capture_output=True,
+                         text=True, check=False)
     assert run.returncode == 0, run.stderr
     rows = read_manifest(tmp_path / "demo" / "dataset")
     assert len(rows) == 7  # three clips and the four scenes of the long video

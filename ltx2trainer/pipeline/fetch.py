@@ -52,7 +52,7 @@ def fetch_dataset(
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     allow_local = settings.allow_file_urls if allow_local is None else allow_local
-    local = _local_path(source)
+    local = local_path(source)
     if local is not None:
         if not allow_local:
             raise UserInputError("local paths are not accepted as training data on this service", code="bad_url")
@@ -81,7 +81,8 @@ def download(source: str, dest: Path, settings: Settings, *, on_progress: Progre
     raise UserInputError(f"unsupported URL scheme {scheme!r} for training data", code="bad_url")
 
 
-def _local_path(source: str) -> Path | None:
+def local_path(source: str) -> Path | None:
+    """The local path a `file:` URL or plain path names; None for other URLs."""
     parts = urllib.parse.urlsplit(source)
     if parts.scheme.lower() == "file":
         return Path(urllib.request.url2pathname(parts.path))

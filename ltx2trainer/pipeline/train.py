@@ -93,11 +93,13 @@ def run_training(
     on_phase: PhaseCallback | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    on_validation: Callable[[int, list[Path]], None] | None = None,
     config_overrides: dict | None = None,
 ) -> TrainingRunResult:
     """Train a LoRA on the processed dataset in `dataset_dir`; outputs go to `out_dir`.
 
     `work_dir` holds the latent cache and checkpoints (default `out_dir/.work`); reusing it resumes.
+    `on_validation(step, clip paths)` is called after each validation round.
     """
     started = time.perf_counter()
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -138,7 +140,9 @@ def run_training(
     def validate(step: int) -> None:
         phase("validating")
         with components.unparked():
-            validator(step)
+            clips = validator(step)
+        if on_validation is not None:
+            on_validation(step, clips)  # e.g. published while training goes on
         phase("training")
 
     phase("training")

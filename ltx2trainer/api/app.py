@@ -1,0 +1,57 @@
+"""The gateway: `create_app(settings)` builds the FastAPI app and wires its collaborators.
+
+No torch, no pipeline: the gateway validates, authenticates, records jobs and hands their ids to the queue.
+Tests (and the CLI) pass `services=` to run it against chosen backends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ltx2trainer.api import routes_ops, routes_trainings
+from ltx2trainer.api.cache import TTLCache
+from ltx2trainer.settings import Settings
+from ltx2trainer.wiring import Services
+
+log = logging.getLogger("ltx2trainer.api")
+AUTH_CACHE_TTL_S = 10.0
+
+
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    services = services or Services(settings)
+    services.db  # noqa: B018 - create the schema now, not on the first request
+    app = FastAPI(
+        title="ltx2trainer",
+        version="0.1.0",
+        description="Fine-tune LoRA adapters for Lightricks' LTX-2. Native REST under /v1, and the hosted "
+        "queue protocol (fal-compatible) for existing clients.",
+    )
+    app.state.services = services
+    app.state.auth_cache = TTLCache(AUTH_CACHE_TTL_S)
+    app.state.metrics_registry = routes_ops.metrics_registry(services)
+    app.include_router(routes_trainings.router)
+    app.include_router(routes_ops.router)
+    from ltx2trainer.api import routes_fal  # last: its catch-all submit path must not shadow /v1 and /health
+
+    app.include_router(routes_fal.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.middleware("http")
+    async def _access_log(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info("request", extra={"method": request.method, "path": request.url.path,
+                                   "status": response.status_code,
+                                   "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+        return response
+
+    return app

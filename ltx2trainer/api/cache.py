@@ -1,0 +1,38 @@
+"""A small thread-safe TTL cache for hot reads (API key checks), so status polling does not hit the
+database twice per request. A revoked key stops working within `ttl_s`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class TTLCache(Generic[V]):
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[Hashable, tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, loader: Callable[[Hashable], V | None]) -> V | None:
+        """The cached value, or `loader(key)`; None results are not cached (a new key works at once)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+        value = loader(key)
+        if value is not None:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[key] = (now + self.ttl_s, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,65 @@
+"""Turn job rows into the public envelope, with output file references made into time-limited URLs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from ltx2trainer.jobs.models import JobRow
+from ltx2trainer.schemas import JobError, JobProgress, TrainingJob
+from ltx2trainer.wiring import Services
+
+OUTPUT_FILES = ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
+
+
+def estimated_cost(steps: int | None, unit_price: Decimal) -> Decimal | None:
+    return None if steps is None else (unit_price * steps).quantize(Decimal("0.0001"))
+
+
+def render_job(job: JobRow, services: Services, base_url: str, queue_position: int | None = None) -> TrainingJob:
+    progress = dict(job.progress or {})
+    total = progress.get("total_steps") or job.input.get("number_of_steps")
+    step = progress.get("step") or 0
+    return TrainingJob(
+        id=job.id,
+        status=job.status,
+        phase=job.phase,
+        queue_position=queue_position,
+        progress=JobProgress(step=step, total_steps=total, loss=progress.get("loss"), eta_s=progress.get("eta_s"),
+                             fraction=round(step / total, 4) if total else 0.0),
+        input=job.input,
+        adjustments=job.adjustments or [],
+        output=render_output(job.output, services, base_url),
+        error=JobError(**job.error) if job.error else None,
+        usage=job.usage,
+        metadata=job.metadata_,
+        estimated_cost_usd=estimated_cost(job.input.get("number_of_steps"), services.settings.price_per_step),
+        created_at=job.created_at.isoformat(),
+        started_at=job.started_at.isoformat() if job.started_at else None,
+        finished_at=job.finished_at.isoformat() if job.finished_at else None,
+        urls={
+            "get": f"{base_url}/v1/trainings/{job.id}",
+            "cancel": f"{base_url}/v1/trainings/{job.id}/cancel",
+            "events": f"{base_url}/v1/trainings/{job.id}/events",
+            "logs": f"{base_url}/v1/trainings/{job.id}/logs",
+        },
+    )
+
+
+def render_output(output: dict[str, Any] | None, services: Services, base_url: str) -> dict[str, Any] | None:
+    """The stored output with every file reference replaced by a File `{url, content_type, file_name, file_size}`."""
+    if output is None:
+        return None
+    return {key: render_file(value, services, base_url) if _is_ref(value) else value for key, value in output.items()}
+
+
+def render_file(ref: dict[str, Any], services: Services, base_url: str) -> dict[str, Any]:
+    """A fresh signed URL for a stored reference (its size was recorded at upload: no storage round trip)."""
+    url = services.storage.url_for(ref["key"], file_name=ref["file_name"], content_type=ref["content_type"],
+                                   expires_s=services.settings.file_url_ttl_s, base_url=base_url)
+    return {"url": url, "content_type": ref["content_type"], "file_name": ref["file_name"],
+            "file_size": ref["file_size"]}
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, dict) and {"key", "file_name", "content_type"} <= value.keys()

@@ -1,0 +1,76 @@
+"""Operations: health, Prometheus metrics, and downloads of locally stored files by signed URL."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import FileResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import text
+
+from ltx2trainer.api.deps import ServicesDep
+from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.wiring import Services
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Liveness and database reachability")
+def health(services: ServicesDep) -> dict[str, str]:
+    try:
+        with services.db.session() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - report, don't crash
+        raise HTTPException(503, detail=f"database unreachable: {type(exc).__name__}") from None
+    return {"status": "ok"}
+
+
+@router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, training step rate")
+def metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/files/{key:path}", summary="A locally stored file, by a signed, expiring URL", include_in_schema=False)
+def local_file(key: str, request: Request, services: ServicesDep) -> FileResponse:
+    from ltx2trainer.storage.local import LocalStorage, verify_signed_query
+
+    storage = services.storage
+    if not isinstance(storage, LocalStorage):
+        raise HTTPException(404, detail="files are served by the object store")
+    if not verify_signed_query(key, request.query_params, services.settings.secret("file_url_secret")):
+        raise HTTPException(403, detail="invalid or expired file URL")
+    try:
+        path = storage.resolve(key)
+    except ValueError:
+        raise HTTPException(404, detail="no such file") from None
+    if not path.is_file():
+        raise HTTPException(404, detail="no such file")
+    name = request.query_params.get("name") or path.name
+    media_type = request.query_params.get("type") or "application/octet-stream"  # signed with the URL
+    return FileResponse(path, media_type=media_type, filename=name)
+
+
+class JobMetrics:
+    """Collected on each scrape from the job store (no counters to keep in sync across processes)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self):
+        counts = self.services.store.counts_by_status()
+        jobs = GaugeMetricFamily("ltx2trainer_jobs", "Jobs by status", labels=["status"])
+        for status in JobStatus.ALL:
+            jobs.add_metric([status], counts.get(status, 0))
+        yield jobs
+        yield GaugeMetricFamily("ltx2trainer_queue_depth", "Jobs waiting for a worker",
+                                value=counts.get(JobStatus.QUEUED, 0))
+        rate = sum((job.progress or {}).get("steps_per_s") or 0.0 for job in self.services.store.running_jobs())
+        yield GaugeMetricFamily("ltx2trainer_training_steps_per_second",
+                                "Training steps per second over all running jobs", value=rate)
+
+
+def metrics_registry(services: Services) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobMetrics(services))
+    return registry

@@ -1,0 +1,194 @@
+"""Native REST: submit, get, list (history), cancel, events (SSE), logs, estimates, file downloads.
+
+Routes are thin: validate, call one domain function, map the outcome to HTTP. Another owner's job is a 404,
+exactly like a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import ValidationError
+
+from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
+from ltx2trainer.api.render import OUTPUT_FILES, estimated_cost, render_file, render_job
+from ltx2trainer.api.sse import job_event_stream
+from ltx2trainer.jobs.lifecycle import CancelOutcome, IdempotencyConflict, request_hash
+from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.jobs.store import InvalidCursor
+from ltx2trainer.schemas import TrainingInput, TrainingJob
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["trainings"])
+
+
+def validate_training_input(body: Any, allow_file_urls: bool) -> TrainingInput:
+    """The request body as a TrainingInput, or a 422 with one entry per problem (FastAPI's shape)."""
+    if not isinstance(body, dict):
+        raise HTTPException(422, detail=[{"loc": ["body"], "msg": "the body must be a JSON object",
+                                          "type": "dict_type"}])
+    try:
+        return TrainingInput.model_validate(body, context={"allow_file_urls": allow_file_urls})
+    except ValidationError as exc:
+        raise HTTPException(422, detail=[
+            {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]) from None
+
+
+def submit_training(services, owner: str, body: dict[str, Any], *, idempotency_key: str | None,
+                    app_id: str | None = None, fal_webhook: str | None = None):
+    """Validate and create a job, enqueue it; returns (job, replayed). Shared with the fal facade."""
+    training_input = validate_training_input(body, services.settings.allow_file_urls)
+    try:
+        job, replayed = services.lifecycle.submit(
+            owner, training_input.model_dump(mode="json"),
+            adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
+            app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
+            metadata=training_input.metadata, idempotency_key=idempotency_key,
+            body_hash=request_hash({"body": body, "app_id": app_id, "fal_webhook": fal_webhook}),
+        )
+    except IdempotencyConflict as exc:
+        # 422, not 409: queue clients retry 409s as if they were transient.
+        raise HTTPException(422, detail=str(exc)) from None
+    if not replayed:
+        try:
+            services.queue.enqueue(job.id)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: say so, and do not leave a ghost job
+            log.exception("could not enqueue job %s", job.id)
+            services.lifecycle.fail(job.id, "runner_scheduling_failure", f"the job queue is unavailable: {exc}")
+            raise HTTPException(503, detail="the job queue is unavailable; try again shortly") from None
+    return job, replayed
+
+
+@router.post("/trainings", status_code=201, response_model=TrainingJob, summary="Start a training")
+def create_training(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    base_url: BaseUrlDep,
+    response: Response,
+    body: Annotated[dict[str, Any], Body(description="The training input (see TrainingInput).")],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)] = None,
+) -> TrainingJob:
+    job, replayed = submit_training(services, principal.owner, body, idempotency_key=idempotency_key)
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return render_job(job, services, base_url, services.store.queue_position(job))
+
+
+@router.get("/trainings/{job_id}", response_model=TrainingJob, summary="A training's status and outputs")
+def get_training(job_id: str, principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep) -> TrainingJob:
+    job = _owned_job(services, job_id, principal)
+    return render_job(job, services, base_url, services.store.queue_position(job))
+
+
+@router.get("/trainings", summary="The caller's training history, newest first")
+def list_trainings(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    base_url: BaseUrlDep,
+    status: Annotated[str | None, Query(description="queued | running | succeeded | failed | cancelled")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> dict[str, Any]:
+    if status is not None and status not in JobStatus.ALL:
+        raise HTTPException(422, detail=f"unknown status {status!r}; use one of {', '.join(JobStatus.ALL)}")
+    try:
+        rows, next_cursor = services.store.history(principal.owner, status=status, limit=limit, cursor=cursor)
+    except InvalidCursor as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    return {"object": "list", "data": [render_job(row, services, base_url) for row in rows],
+            "next_cursor": next_cursor, "has_more": next_cursor is not None}
+
+
+@router.post("/trainings/{job_id}/cancel", response_model=TrainingJob, summary="Cancel a training")
+def cancel_training(job_id: str, principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep,
+                    response: Response) -> TrainingJob:
+    outcome = services.lifecycle.request_cancel(job_id, owner=principal.owner)
+    if outcome is CancelOutcome.NOT_FOUND:
+        raise HTTPException(404, detail=f"no training {job_id}")
+    job = services.store.get(job_id, principal.owner)
+    if outcome is CancelOutcome.ALREADY_TERMINAL and job.status != JobStatus.CANCELLED:
+        raise HTTPException(409, detail=f"training {job_id} already {job.status}; nothing to cancel")
+    if outcome is CancelOutcome.REQUESTED:
+        response.status_code = 202  # it stops at its next check, with its last checkpoint as output
+    return render_job(job, services, base_url)
+
+
+@router.get("/trainings/{job_id}/events", summary="Server-sent events: status, phase, progress, logs, outputs")
+async def training_events(
+    job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    base_url: BaseUrlDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    _owned_job(services, job_id, principal)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    return StreamingResponse(job_event_stream(request, services, job_id, after, base_url),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/trainings/{job_id}/logs", summary="Log lines, paginated by id")
+def training_logs(
+    job_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    after: Annotated[int, Query(ge=0, description="id of the last line already seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    _owned_job(services, job_id, principal)
+    events = services.store.events(job_id, after_id=after, limit=limit, kinds=("log",))
+    lines = [{"id": event.id, **event.data} for event in events]
+    return {"object": "list", "data": lines, "next_after": lines[-1]["id"] if lines else after}
+
+
+@router.get("/trainings/{job_id}/files/{name:path}", summary="Download an output (redirects to a signed URL)")
+def training_file(job_id: str, name: str, principal: PrincipalDep, services: ServicesDep,
+                  base_url: BaseUrlDep) -> RedirectResponse:
+    job = _owned_job(services, job_id, principal)
+    ref = (job.output or {}).get(name) if name in OUTPUT_FILES else None
+    if ref is None:  # validation clips published during training
+        for event in services.store.events(job_id, kinds=("output",), limit=1000):
+            if event.data.get("name") == name:
+                ref = event.data["file"]
+    if not isinstance(ref, dict):
+        raise HTTPException(404, detail=f"training {job_id} has no file {name!r}")
+    return RedirectResponse(render_file(ref, services, base_url)["url"], status_code=307)
+
+
+@router.post("/estimates", summary="What a training would cost, before submitting it")
+def estimate(principal: PrincipalDep, services: ServicesDep,
+             body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    training_input = validate_training_input(body, services.settings.allow_file_urls)
+    steps = training_input.number_of_steps
+    rate = _recent_steps_per_second(services)
+    return {
+        "steps": steps,
+        "unit_price": str(services.settings.price_per_step),
+        "estimated_cost_usd": str(estimated_cost(steps, services.settings.price_per_step)),
+        "currency": "USD",
+        "estimated_duration_s": round(steps / rate, 1) if rate else None,
+        "adjustments": [a.model_dump(mode="json") for a in training_input.adjustments],
+    }
+
+
+def _recent_steps_per_second(services: ServicesDep) -> float | None:
+    """Mean training speed of the last finished jobs (None before any job has finished)."""
+    rows, _ = services.store.history(None, status=JobStatus.SUCCEEDED, limit=20)
+    rates = [row.progress.get("steps_per_s") for row in rows if row.progress and row.progress.get("steps_per_s")]
+    return sum(rates) / len(rates) if rates else None
+
+
+def _owned_job(services, job_id: str, principal):
+    job = services.store.get(job_id, principal.owner)
+    if job is None:
+        raise HTTPException(404, detail=f"no training {job_id}")
+    return job
+

@@ -1,0 +1,205 @@
+"""Service commands: `serve` (gateway, optionally with a worker), `worker`, `keys`, `submit`.
+
+Registered on the app of `ltx2trainer.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console
+from ltx2trainer.settings import get_settings
+
+keys_app = typer.Typer(help="Create, list and revoke API keys (run on the server's machine).", no_args_is_help=True)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Structured logs: one JSON object per line on stderr (what log collectors parse)."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                       rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    with_worker: Annotated[bool, typer.Option(help="Also start a training worker (embedded setups).")] = False,
+) -> None:
+    """Run the HTTP gateway (and, with --with-worker, a worker process beside it)."""
+    import uvicorn
+
+    from ltx2trainer.api import create_app
+
+    configure_json_logging()
+    settings = get_settings()
+    worker = _start_worker_process() if with_worker else None
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def _start_worker_process() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ltx2trainer.cli", "worker"], env=os.environ.copy())
+
+
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run a training worker: one job at a time (run one per GPU)."""
+    from ltx2trainer.worker.app import run_worker
+
+    configure_json_logging(getattr(logging, loglevel.upper(), logging.INFO))
+    run_worker(get_settings(), loglevel=loglevel)
+
+
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="The account the key acts for.")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    admin: Annotated[bool, typer.Option(help="May see every owner's usage.")] = False,
+) -> None:
+    """Create a key and print it (it is shown only once)."""
+    from ltx2trainer.jobs.keys import create_key
+    from ltx2trainer.wiring import Services
+
+    created = create_key(Services(get_settings()).db, owner, name=name, is_admin=admin)
+    console.print(f"key for {created.owner} ({created.key_id}); keep it secret, it is not shown again:")
+    print(created.token)
+
+
+@keys_app.command("list")
+def keys_list(owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None) -> None:
+    """List keys (ids, owners, state; never secrets)."""
+    from ltx2trainer.jobs.keys import list_keys
+    from ltx2trainer.wiring import Services
+
+    table = Table("key id", "owner", "name", "admin", "created", "revoked")
+    for row in list_keys(Services(get_settings()).db, owner):
+        table.add_row(row.id, row.owner, row.name, "yes" if row.is_admin else "",
+                      row.created_at.isoformat(timespec="seconds"),
+                      row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (key_…).")]) -> None:
+    """Revoke a key: requests with it are refused from now on (within 10 s on running gateways)."""
+    from ltx2trainer.jobs.keys import revoke_key
+    from ltx2trainer.wiring import Services
+
+    if not revoke_key(Services(get_settings()).db, key_id):
+        console.print(f"[red]no key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+def submit(
+    source: Annotated[str, typer.Argument(help="The training zip: an http(s) URL or a local file.")],
+    server: Annotated[str, typer.Option(envvar="LTX2T_SERVER_URL", help="Gateway URL.")] = "http://127.0.0.1:8000",
+    key: Annotated[str, typer.Option(envvar="LTX2T_API_KEY", help="API key (key_…:secret).")] = "",
+    number_of_steps: Annotated[int, typer.Option()] = 2000,
+    rank: Annotated[int, typer.Option()] = 32,
+    learning_rate: Annotated[float, typer.Option()] = 2e-4,
+    number_of_frames: Annotated[int, typer.Option()] = 89,
+    frame_rate: Annotated[int, typer.Option()] = 25,
+    resolution: Annotated[ResolutionChoice, typer.Option()] = ResolutionChoice.medium,
+    aspect_ratio: Annotated[AspectChoice, typer.Option()] = AspectChoice.square,
+    with_audio: Annotated[WithAudio, typer.Option()] = WithAudio.auto,
+    trigger_phrase: Annotated[str, typer.Option()] = "",
+    validation_prompt: Annotated[list[str], typer.Option(help="Repeat for two.")] = [],  # noqa: B006
+    input_json: Annotated[Path | None, typer.Option(help="A JSON file of further input fields.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Submit at most once for this key.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+    download: Annotated[Path | None, typer.Option(help="Where to save the outputs (default ./<job id>).")] = None,
+) -> None:
+    """Submit a training over HTTP, follow it with a progress bar, and download its outputs."""
+    from ltx2trainer.client import TrainerClient, training_data_url
+
+    if not key:
+        console.print("[red]an API key is needed:[/] --key or LTX2T_API_KEY (create one with `ltx2trainer keys create`)")
+        raise typer.Exit(2)
+    body: dict[str, Any] = {
+        "training_data_url": training_data_url(source), "number_of_steps": number_of_steps, "rank": rank,
+        "learning_rate": learning_rate, "number_of_frames": number_of_frames, "frame_rate": frame_rate,
+        "resolution": resolution.value, "aspect_ratio": aspect_ratio.value, "trigger_phrase": trigger_phrase,
+        "with_audio": {"auto": None, "true": True, "false": False}[with_audio.value],
+        "validation": [{"prompt": prompt} for prompt in validation_prompt],
+    }
+    if input_json is not None:
+        body.update(json.loads(input_json.read_text(encoding="utf-8")))
+    client = TrainerClient(server, key)
+    try:
+        follow_and_download(client, body, idempotency_key=idempotency_key, wait=wait, download=download)
+    finally:
+        client.close()
+
+
+def follow_and_download(client, body: dict[str, Any], *, idempotency_key: str | None = None, wait: bool = True,
+                        download: Path | None = None) -> dict[str, Any]:
+    """Submit, show progress until the job ends, download its outputs; returns the final job."""
+    from ltx2trainer.client import ApiError
+
+    try:
+        job = client.submit(body, idempotency_key=idempotency_key)
+    except ApiError as exc:
+        _print_api_error(exc)
+        raise typer.Exit(1) from None
+    console.print(f"submitted {job['id']} (estimated cost ${job['estimated_cost_usd']})")
+    for adjustment in job.get("adjustments") or []:
+        console.print(f"[yellow]note:[/] {adjustment['field']} {adjustment['requested']} → {adjustment['used']}")
+    if not wait:
+        return job
+    with Progress(TextColumn("{task.fields[state]:<22}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task("job", total=job["progress"]["total_steps"], state="queued", loss="-")
+
+        def update(current: dict[str, Any]) -> None:
+            state = current["status"] + (f" · {current['phase']}" if current.get("phase") else "")
+            if current.get("queue_position"):
+                state += f" (#{current['queue_position']})"
+            progress = current["progress"]
+            loss = f"{progress['loss']:.4f}" if progress.get("loss") is not None else "-"
+            bar.update(task, completed=progress["step"], state=state, loss=loss)
+
+        job = client.wait(job["id"], on_update=update)
+    console.print(f"job {job['id']}: {job['status']}")
+    if job.get("error"):
+        console.print(f"[red]{job['error']['type']}:[/] {job['error']['message']}")
+    if job.get("output"):
+        saved = client.download_outputs(job, download or Path(job["id"]))
+        for name, path in saved.items():
+            console.print(f"{name:<18} {path}")
+    if job["status"] == "failed":
+        raise typer.Exit(1)
+    return job
+
+
+def _print_api_error(exc) -> None:
+    if isinstance(exc.detail, list):
+        for item in exc.detail:
+            where = ".".join(str(part) for part in item.get("loc", [])[1:]) or "input"
+            console.print(f"[red]invalid {where}:[/] {item.get('msg')}")
+    else:
+        console.print(f"[red]error (HTTP {exc.status_code}):[/] {exc.detail}")

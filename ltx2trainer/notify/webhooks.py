@@ -1,0 +1,447 @@
+"""Signed webhooks: an outbox written with each status change, and a deliverer that sends it with retries.
+
+Two flavors of message, both signed with the Standard Webhooks scheme (`webhook-id`, `webhook-timestamp`,
+`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, secret `whsec_…`):
+
+- `fal` (the job's `fal_webhook`, the hosted queue protocol): once, when the job ends —
+  `{"request_id", "gateway_request_id", "status": "OK" | "ERROR", "payload", "error", "error_type"}`;
+- `native` (the job's `webhook_url`): `training.started` when it first runs and `training.succeeded` /
+  `training.failed` / `training.cancelled` when it ends — `{"type", "timestamp", "data": {id, status, output,
+  error, usage, metadata}}`, the thin shape Standard Webhooks recommends.
+
+`outbox_listener` writes a `WebhookMessageRow` inside the transaction of the status change (so a message is
+never lost and never sent for a change that was rolled back); its id is the `webhook-id`, the same on every
+attempt. `WebhookDeliverer.deliver_due` sends what is due. Each attempt passes the SSRF guard, is one POST
+that does not follow redirects, and is logged as a `WebhookAttemptRow`. 2xx delivers; 410 Gone, a blocked or
+unusable URL, or the last allowed attempt fail the message; anything else is retried on the Standard Webhooks
+schedule with ±10 % jitter, or later if a 429/502/503/504 answer's `Retry-After` asks for it. Deliverers
+claim a message with a conditional UPDATE before sending, so any number of them (threads, processes, hosts;
+SQLite or PostgreSQL) send each attempt once. Delivery is at least once: a deliverer that dies between the
+POST and recording it leaves the message to be sent again after its lease; receivers dedupe on `webhook-id`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import ipaddress
+import json
+import logging
+import random
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+from standardwebhooks import Webhook
+
+from ltx2trainer import netguard
+from ltx2trainer.errors import UserInputError
+from ltx2trainer.jobs.db import Database, utcnow
+from ltx2trainer.jobs.lifecycle import TransitionListener
+from ltx2trainer.jobs.models import JobRow, JobStatus
+from ltx2trainer.notify.models import WebhookAttemptRow, WebhookMessageRow, WebhookStatus
+from ltx2trainer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "ltx2trainer-webhooks/0.1"
+FLAVOR_NATIVE = "native"
+FLAVOR_FAL = "fal"
+
+EVENT_TYPES = {
+    JobStatus.RUNNING: "training.started",
+    JobStatus.SUCCEEDED: "training.succeeded",
+    JobStatus.FAILED: "training.failed",
+    JobStatus.CANCELLED: "training.cancelled",
+}
+
+# Standard Webhooks' recommended schedule: the wait after the 1st, 2nd, … failed attempt (later ones reuse the
+# last entry). With ±10 % jitter so that receivers that failed together are not retried together.
+RETRY_SCHEDULE_S = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600, 24 * 3600)
+RETRY_JITTER = 0.1
+RETRY_AFTER_STATUSES = frozenset({429, 502, 503, 504})  # answers whose Retry-After is honoured
+MAX_RETRY_AFTER_S = 24 * 3600  # a receiver cannot park a message longer than the schedule's longest wait
+CLAIM_LEASE_MARGIN_S = 5.0  # a claim outlives the attempt's timeout by this much
+
+
+# --- payloads -----------------------------------------------------------------------------------------
+
+
+def encode_payload(body: dict[str, Any]) -> str:
+    """Compact JSON; its UTF-8 bytes are exactly what is signed and sent."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def fal_payload(job: JobRow) -> dict[str, Any]:
+    """The hosted queue's completion webhook body (only for a terminal job)."""
+    body: dict[str, Any] = {"request_id": job.id, "gateway_request_id": job.id}
+    if job.status == JobStatus.SUCCEEDED:
+        body.update(status="OK", payload=job.output)
+    else:  # failed, or cancelled: the output is the last checkpoint's LoRA if there is one
+        error = job.error or {}
+        body.update(
+            status="ERROR",
+            payload=job.output or None,
+            error=error.get("message") or job.status,
+            error_type=error.get("type") or job.status,
+        )
+    return body
+
+
+def native_payload(job: JobRow, event_type: str, at: dt.datetime) -> dict[str, Any]:
+    """The native event: Standard Webhooks' recommended `{type, timestamp, data}`, thin (no input, no logs)."""
+    return {
+        "type": event_type,
+        "timestamp": _iso(at),
+        "data": {
+            "id": job.id,
+            "status": job.status,
+            "output": job.output,
+            "error": job.error,
+            "usage": job.usage,
+            "metadata": job.metadata_,
+        },
+    }
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+# --- the outbox ---------------------------------------------------------------------------------------
+
+
+def outbox_listener(settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> TransitionListener:
+    """A `Lifecycle` listener that adds the webhook messages of a status change to the same transaction.
+
+    `settings` is taken for symmetry with the deliverer (nothing in it changes what is written today);
+    `clock` stamps the messages (they are due at once) and the native events' `timestamp`.
+    """
+    del settings
+
+    def listener(session: Session, job: JobRow, old_status: str | None, new_status: str) -> None:
+        event_type = EVENT_TYPES.get(new_status)
+        if event_type is None or not (job.webhook_url or job.fal_webhook):
+            return
+        now = clock()
+        messages: list[tuple[str, str, dict[str, Any]]] = []
+        if job.webhook_url and not (new_status == JobStatus.RUNNING and _started_already_sent(session, job)):
+            messages.append((FLAVOR_NATIVE, job.webhook_url, native_payload(job, event_type, now)))
+        if job.fal_webhook and new_status in JobStatus.TERMINAL:
+            messages.append((FLAVOR_FAL, job.fal_webhook, fal_payload(job)))
+        for flavor, url, body in messages:
+            session.add(WebhookMessageRow(
+                id=new_message_id(), job_id=job.id, owner=job.owner, url=url, flavor=flavor,
+                event_type=event_type, payload=encode_payload(body), status=WebhookStatus.PENDING, attempts=0,
+                next_attempt_at=now, created_at=now,
+            ))
+
+    return listener
+
+
+def _started_already_sent(session: Session, job: JobRow) -> bool:
+    """A job that resumes after its worker was lost runs again (queued → running): one `training.started`."""
+    return bool(session.scalar(select(exists().where(
+        WebhookMessageRow.job_id == job.id,
+        WebhookMessageRow.flavor == FLAVOR_NATIVE,
+        WebhookMessageRow.event_type == EVENT_TYPES[JobStatus.RUNNING],
+    ))))
+
+
+# --- retry policy -------------------------------------------------------------------------------------
+
+
+def retry_delay_s(failed_attempts: int, *, jitter: float = RETRY_JITTER, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `failed_attempts`-th failed attempt (1-based), jittered by ±`jitter`."""
+    base = RETRY_SCHEDULE_S[min(max(failed_attempts, 1), len(RETRY_SCHEDULE_S)) - 1]
+    return base * (rng or random).uniform(1 - jitter, 1 + jitter)
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """A `Retry-After` header (delta-seconds or an HTTP date) as seconds from `now`; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+# --- delivery -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Claimed:
+    id: str
+    url: str
+    payload: str
+    attempt: int  # 1-based number of this attempt
+
+
+@dataclass
+class _Outcome:
+    status_code: int | None = None
+    error: str | None = None
+    delivered: bool = False
+    permanent: bool = False  # do not retry (410 Gone, blocked or unusable URL)
+    retry_after_s: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _PermanentFailure(Exception):
+    pass
+
+
+class WebhookDeliverer:
+    """Sends due outbox messages. Thread-safe to run several at once, in one process or many.
+
+    `clock` decides what is due and stamps attempts and signatures (tests pass a fake one). With
+    `resolve_addresses=False` the SSRF check does not ask DNS: literal IP addresses and `localhost` are still
+    judged, host names pass (for an egress proxy that does its own checks).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        client: httpx.Client | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        resolve_addresses: bool = True,
+        jitter: float = RETRY_JITTER,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.resolve_addresses = resolve_addresses
+        self.jitter = jitter
+        self.timeout_s = settings.webhook_timeout_s
+        self.max_attempts = settings.webhook_max_attempts
+        self.lease = dt.timedelta(seconds=self.timeout_s + CLAIM_LEASE_MARGIN_S)
+        self._webhook = Webhook(settings.secret("webhook_secret"))  # fails fast on a missing or bad secret
+        self._owns_client = client is None
+        self._client = client or httpx.Client(
+            follow_redirects=False, timeout=self.timeout_s, headers={"User-Agent": USER_AGENT}
+        )
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> WebhookDeliverer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the loop ---
+
+    def run_forever(self, stop: threading.Event, interval_s: float = 1.0, limit: int = 50) -> None:
+        """Deliver until `stop` is set: at once again while there is a backlog, else every `interval_s`."""
+        while not stop.is_set():
+            try:
+                attempted = self.deliver_due(limit=limit)
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the background thread
+                log.exception("webhook delivery sweep failed")
+                attempted = 0
+            if attempted < limit:
+                stop.wait(interval_s)
+
+    def deliver_due(self, limit: int = 50) -> int:
+        """Send every due pending message once (up to `limit`); returns how many were attempted."""
+        now = self.clock()
+        with self.db.session() as session:
+            due = session.execute(
+                select(WebhookMessageRow.id, WebhookMessageRow.attempts)
+                .where(WebhookMessageRow.status == WebhookStatus.PENDING, WebhookMessageRow.next_attempt_at <= now)
+                .order_by(WebhookMessageRow.next_attempt_at, WebhookMessageRow.created_at)
+                .limit(limit)
+            ).all()
+        attempted = 0
+        for message_id, attempts in due:
+            claimed = self._claim(message_id, attempts)  # one at a time: a claim's lease covers one attempt
+            if claimed is None:
+                continue  # another deliverer took it
+            attempted += 1
+            self._attempt(claimed)
+        return attempted
+
+    def _claim(self, message_id: str, attempts_read: int) -> _Claimed | None:
+        """Take the message for one attempt: an atomic conditional UPDATE that only one deliverer can win."""
+        now = self.clock()
+        with self.db.session() as session:
+            # The UPDATE comes first in its transaction, so SQLite takes the write lock at once (no read→write
+            # upgrade to deadlock on); PostgreSQL re-checks the WHERE after waiting on a concurrent claimer.
+            result = session.execute(
+                update(WebhookMessageRow)
+                .where(
+                    WebhookMessageRow.id == message_id,
+                    WebhookMessageRow.status == WebhookStatus.PENDING,
+                    WebhookMessageRow.attempts == attempts_read,
+                    WebhookMessageRow.next_attempt_at <= now,
+                )
+                .values(attempts=attempts_read + 1, next_attempt_at=now + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return None
+            url, payload = session.execute(
+                select(WebhookMessageRow.url, WebhookMessageRow.payload).where(WebhookMessageRow.id == message_id)
+            ).one()
+        return _Claimed(id=message_id, url=url, payload=payload, attempt=attempts_read + 1)
+
+    def _attempt(self, message: _Claimed) -> None:
+        started_at = self.clock()
+        began = time.monotonic()
+        try:
+            outcome = self._send(message, started_at)
+        except Exception as exc:  # noqa: BLE001 - record anything unexpected as a failed attempt and retry
+            log.exception("webhook %s: unexpected error while sending", message.id)
+            outcome = _Outcome(error=f"{type(exc).__name__}: {exc}")
+        duration_ms = int((time.monotonic() - began) * 1000)
+        self._record(message, outcome, started_at, duration_ms)
+
+    def _send(self, message: _Claimed, started_at: dt.datetime) -> _Outcome:
+        try:
+            host = self._check_url(message.url)
+        except _PermanentFailure as exc:
+            return _Outcome(error=str(exc), permanent=True)
+        except UserInputError as exc:  # the host does not resolve (now): a retry may succeed
+            return _Outcome(error=exc.message)
+
+        seconds = int(started_at.timestamp())
+        signed_at = dt.datetime.fromtimestamp(seconds, dt.UTC)
+        headers = {
+            "webhook-id": message.id,
+            "webhook-timestamp": str(seconds),
+            "webhook-signature": self._webhook.sign(message.id, signed_at, message.payload),
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        details: dict[str, Any] = {"webhook_timestamp": seconds}
+        try:
+            with self._client.stream(
+                "POST", message.url, content=message.payload.encode("utf-8"), headers=headers,
+                follow_redirects=False, timeout=self.timeout_s,
+            ) as response:
+                stream = response.extensions.get("network_stream")
+                peer = stream.get_extra_info("server_addr") if stream is not None else None
+                try:
+                    netguard.check_peer(host, peer[0] if peer else None,
+                                        allow_private=self.settings.allow_private_urls, what="the webhook URL")
+                except netguard.BlockedAddressError as exc:  # DNS changed between the check and the connect
+                    return _Outcome(error=f"blocked: {exc.message}", permanent=True, details=details)
+                code = response.status_code
+                reason = f"HTTP {code} {response.reason_phrase}".rstrip()
+                if 200 <= code < 300:
+                    return _Outcome(status_code=code, delivered=True, details=details)
+                if code == 410:
+                    return _Outcome(status_code=code, error=f"{reason}: the receiver does not want this webhook",
+                                    permanent=True, details=details)
+                if response.is_redirect:
+                    details["location"] = response.headers.get("location", "")[:500]
+                    return _Outcome(status_code=code, error=f"{reason}: redirects are not followed", details=details)
+                retry_after = None
+                if code in RETRY_AFTER_STATUSES:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"), started_at)
+                    if retry_after is not None:
+                        details["retry_after_s"] = retry_after
+                return _Outcome(status_code=code, error=reason, retry_after_s=retry_after, details=details)
+        except httpx.TimeoutException as exc:
+            return _Outcome(error=f"timed out after {self.timeout_s:g} s ({type(exc).__name__})", details=details)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return _Outcome(error=f"unusable URL: {exc}", permanent=True, details=details)
+        except httpx.HTTPError as exc:
+            return _Outcome(error=f"{type(exc).__name__}: {exc}", details=details)
+
+    def _check_url(self, url: str) -> str:
+        """The URL's host, after the SSRF guard; `_PermanentFailure` if it must never be sent to."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise _PermanentFailure(f"unusable URL: {exc}") from exc
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise _PermanentFailure(f"unusable URL: only http(s) URLs with a host are called ({url[:200]})")
+        host = parts.hostname
+        port = port or (443 if scheme == "https" else 80)
+        if self.settings.allow_private_urls:
+            return host
+        try:
+            if self.resolve_addresses:
+                netguard.check_host(host, port, allow_private=False, what="the webhook URL")
+            else:
+                _check_literal_host(host)
+        except netguard.BlockedAddressError as exc:
+            raise _PermanentFailure(f"blocked: {exc.message}") from exc
+        return host
+
+    def _record(self, message: _Claimed, outcome: _Outcome, started_at: dt.datetime, duration_ms: int) -> None:
+        now = self.clock()
+        values: dict[str, Any] = {"last_status_code": outcome.status_code, "last_error": outcome.error}
+        if outcome.delivered:
+            values.update(status=WebhookStatus.DELIVERED, delivered_at=now, last_error=None)
+            result = "delivered"
+        elif outcome.permanent or message.attempt >= self.max_attempts:
+            values.update(status=WebhookStatus.FAILED)
+            if not outcome.permanent:
+                values["last_error"] = f"gave up after {message.attempt} attempts; last: {outcome.error}"
+            result = "failed"
+        else:
+            delay = retry_delay_s(message.attempt, jitter=self.jitter, rng=self._rng)
+            if outcome.retry_after_s is not None:
+                delay = max(delay, min(outcome.retry_after_s, MAX_RETRY_AFTER_S))
+            values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
+            outcome.details["next_attempt_at"] = _iso(values["next_attempt_at"])
+            result = "retry"
+        outcome.details["result"] = result
+        with self.db.session() as session:
+            session.add(WebhookAttemptRow(
+                message_id=message.id, attempt=message.attempt, started_at=started_at, duration_ms=duration_ms,
+                status_code=outcome.status_code, error=outcome.error, details=outcome.details,
+            ))
+            # Only if the claim still holds: past its lease another deliverer may have taken the message.
+            session.execute(
+                update(WebhookMessageRow)
+                .where(WebhookMessageRow.id == message.id, WebhookMessageRow.status == WebhookStatus.PENDING,
+                       WebhookMessageRow.attempts == message.attempt)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        if result == "delivered":
+            log.info("webhook %s delivered on attempt %d", message.id, message.attempt)
+        else:
+            log.warning("webhook %s attempt %d failed (%s): %s", message.id, message.attempt, result, outcome.error)
+
+
+def _check_literal_host(host: str) -> None:
+    """The SSRF check without DNS: a literal IP address must be public; `localhost` never is."""
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        raise netguard.BlockedAddressError("the webhook URL", host, "loopback")
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return  # a host name: resolved (and, behind an egress proxy, checked) at connect time
+    if not netguard.is_public_address(address):
+        raise netguard.BlockedAddressError("the webhook URL", host, str(address))

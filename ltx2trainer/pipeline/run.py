@@ -1,0 +1,196 @@
+"""One training job from request to published outputs: fetch → prepare → encode → train → validate → publish.
+
+Takes a context (job id, work dir, settings, storage, cancel check, progress and log reporting) and the
+validated input; knows nothing of HTTP, Celery or the database, so it runs from a worker or a test alike.
+Every stage leaves its results in the job's work dir and reuses them, so a job resumed after a crash
+continues where it was (download, extraction, samples, latents, checkpoints).
+
+Outputs are returned as file references `{key, content_type, file_name, file_size}` in object storage; the
+gateway turns them into time-limited URLs when it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from ltx2trainer.errors import JobCancelled, UserInputError
+from ltx2trainer.pipeline.fetch import download, fetch_dataset, local_path
+from ltx2trainer.pipeline.preprocess import PrepareOptions, Progress, prepare_dataset
+from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FileRef = dict[str, Any]
+
+
+class JobContext(Protocol):
+    """What the pipeline needs from whoever runs it."""
+
+    job_id: str
+    work_dir: Path
+    settings: Settings
+    partial_output: dict[str, Any] | None
+
+    def set_phase(self, phase: str) -> None: ...
+    def log(self, message: str, level: str = "INFO") -> None: ...
+    def report_step(self, info: Any) -> None: ...  # a training StepInfo
+    def cancelled(self) -> bool: ...
+    def publish(self, name: str, path: Path, content_type: str, *, announce: bool = False) -> FileRef: ...
+
+
+def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
+    """Run every stage; returns the output (file references). Raises UserInputError, JobCancelled."""
+    work = ctx.work_dir
+    check = _cancel_check(ctx)
+
+    ctx.set_phase("fetching")
+    ctx.log("fetching the training data")
+    fetched = fetch_dataset(training_input.training_data_url, work / "fetch", ctx.settings,
+                            on_progress=lambda received, total: check())
+    check()
+
+    ctx.set_phase("preparing")
+    prepared = prepare_dataset(
+        fetched.root, work / "dataset", PrepareOptions.from_input(training_input),
+        workers=ctx.settings.effective_prepare_workers, upstream_ignored=fetched.ignored,
+        adjustments=[a.model_dump() for a in training_input.adjustments],
+        on_progress=_prepare_logger(ctx), cancel=ctx.cancelled,
+    )
+    counts = prepared.counts
+    ctx.log(f"dataset: {counts['samples_out']} samples from {counts['clips_in']} {prepared.report['kind']}s "
+            f"({counts['scenes']} scenes, {counts['skipped']} skipped); audio "
+            f"{'on' if prepared.report['audio']['enabled'] else 'off'}: {prepared.report['audio']['reason']}")
+    for skipped in prepared.report["skipped"]:
+        ctx.log(f"skipped {skipped['source']}: {skipped['reason']} ({skipped['detail']})", "WARN")
+
+    images = _fetch_validation_images(ctx, training_input)
+    check()
+
+    from ltx2trainer.pipeline.train import run_training  # torch and diffusers: only workers load them
+
+    out_dir = work / "outputs"
+    ctx.set_phase("encoding")
+
+    def publish_validation(step: int, clips: list[Path]) -> None:
+        for clip in clips:
+            ctx.publish(f"validation/{clip.name}", clip, "video/mp4", announce=True)
+
+    try:
+        result = run_training(
+            work / "dataset", out_dir, training_input, model=ctx.settings.model, work_dir=work / "train",
+            validation_images=images, on_phase=ctx.set_phase, on_step=ctx.report_step, cancel=ctx.cancelled,
+            on_validation=publish_validation,
+        )
+    except JobCancelled:
+        ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work)
+        raise
+
+    ctx.set_phase("publishing")
+    exported = result.exported
+    output: dict[str, Any] = {
+        "lora_file": ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
+        "config_file": ctx.publish("config.json", exported.config_file, "application/json"),
+        "video": ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
+        "debug_dataset": None,
+        "lora_comfyui_file": ctx.publish("lora_comfyui.safetensors", exported.comfyui_file,
+                                         "application/octet-stream"),
+        "metrics": {"steps": result.steps_done, "final_loss": result.losses[-1] if result.losses else None,
+                    "training_seconds": round(result.seconds, 2), "samples": counts["samples_out"]},
+    }
+    if training_input.debug_dataset:
+        archive = _zip_dataset(work / "dataset", work / "debug_dataset.zip")
+        output["debug_dataset"] = ctx.publish("debug_dataset.zip", archive, "application/zip")
+    return output
+
+
+def _cancel_check(ctx: JobContext):
+    def check() -> None:
+        if ctx.cancelled():
+            raise JobCancelled("cancelled by the user")
+    return check
+
+
+def _prepare_logger(ctx: JobContext):
+    def on_progress(event: Progress) -> None:
+        if event.done == event.total:
+            ctx.log(f"{event.stage}: {event.total} done")
+    return on_progress
+
+
+def _fetch_validation_images(ctx: JobContext, training_input: TrainingInput) -> list[Path | None] | None:
+    """Download each validation entry's image (http(s), data: or, where allowed, a local path)."""
+    entries = training_input.validation
+    if not entries or entries[0].image_url is None:
+        return None
+    folder = ctx.work_dir / "validation_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    images: list[Path | None] = []
+    for i, entry in enumerate(entries):
+        url = entry.image_url or ""
+        target = folder / f"image_{i}"
+        local = local_path(url)
+        if local is not None:  # only accepted by the schema where settings allow local files
+            if not local.is_file():
+                raise UserInputError(f"validation[{i}].image_url: file not found: {local}", code="not_found")
+            shutil.copyfile(local, target)
+        elif not target.exists():
+            try:
+                download(url, target, ctx.settings)
+            except UserInputError as exc:
+                raise UserInputError(f"validation[{i}].image_url: {exc.message}", code=exc.code) from exc
+        _check_image(target, i)
+        images.append(target)
+    return images
+
+
+def _check_image(path: Path, index: int) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserInputError(f"validation[{index}].image_url is not a readable image", code="bad_image") from exc
+
+
+def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, work: Path) -> dict[str, Any] | None:
+    """When a run is cancelled mid-training: the newest checkpoint's LoRA, exported like a final one."""
+    from safetensors.torch import load_file
+
+    from ltx2trainer.pipeline.export import export_lora
+    from ltx2trainer.training.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(work / "train" / "checkpoints")
+    if not checkpoints:
+        return None
+    last = checkpoints[-1]
+    exported = export_lora(work / "cancelled", load_file(str(last.lora_file)), training_input,
+                           base_model=ctx.settings.model, extra={"training": {"steps": last.step, "cancelled": True}})
+    ctx.log(f"cancelled: publishing the LoRA of step {last.step}", "WARN")
+    return {
+        "lora_file": ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
+        "config_file": ctx.publish("config.json", exported.config_file, "application/json"),
+        "video": None,
+        "debug_dataset": None,
+        "lora_comfyui_file": ctx.publish("lora_comfyui.safetensors", exported.comfyui_file,
+                                         "application/octet-stream"),
+        "metrics": {"steps": last.step, "cancelled_at_step": last.step},
+    }
+
+
+def _zip_dataset(dataset_dir: Path, archive: Path) -> Path:
+    """The processed dataset (manifest, report, media) as a zip: the hosted API's `debug_dataset`."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # media are already compressed
+        for path in sorted(dataset_dir.rglob("*")):
+            relative = path.relative_to(dataset_dir)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                zf.write(path, relative.as_posix())
+    tmp.replace(archive)
+    return archive
+

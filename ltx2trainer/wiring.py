@@ -1,0 +1,47 @@
+"""The composition root: builds the database, lifecycle (with its listeners), queue and storage from settings.
+
+The gateway, the worker and the CLI all wire themselves here, so every process reacts to job transitions
+the same way (webhook outbox, billing) and reads the same backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from ltx2trainer.jobs.db import Database
+from ltx2trainer.jobs.lifecycle import Lifecycle
+from ltx2trainer.jobs.queue import CeleryJobQueue, JobQueue
+from ltx2trainer.jobs.store import JobStore
+from ltx2trainer.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+
+    @cached_property
+    def db(self) -> Database:
+        db = Database(self.settings.database_url)
+        db.create_schema()
+        return db
+
+    @cached_property
+    def lifecycle(self) -> Lifecycle:
+        from ltx2trainer.notify.webhooks import outbox_listener
+
+        return Lifecycle(self.db, listeners=[outbox_listener(self.settings)])
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.db)
+
+    @cached_property
+    def queue(self) -> JobQueue:
+        return CeleryJobQueue(self.settings)
+
+    @cached_property
+    def storage(self):
+        from ltx2trainer.storage import get_storage
+
+        return get_storage(self.settings)

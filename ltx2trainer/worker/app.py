@@ -1,0 +1,90 @@
+"""The worker process: the Celery app with the `run_job` task, plus a maintenance thread that delivers
+webhooks from the outbox and puts jobs of dead workers back in the queue.
+
+    ltx2trainer worker        # one job at a time; run one per GPU
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from celery import Celery, signals
+
+from ltx2trainer.settings import Settings
+from ltx2trainer.wiring import Services
+from ltx2trainer.worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_SWEEP_S = 1.0
+REAP_EVERY_S = 5.0
+
+
+def make_worker_app(settings: Settings) -> Celery:
+    app = make_celery(settings)
+
+    @app.task(name=RUN_JOB_TASK, bind=True)
+    def run_job(task, job_id: str) -> str:
+        from ltx2trainer.worker.runner import execute_job
+
+        # The node name is stable across the fresh child process each job gets, so a redelivered job of
+        # this very worker (its child was killed) is resumed at once instead of waiting for its lease.
+        worker_id = task.request.hostname or socket.gethostname()
+        return execute_job(job_id, settings, worker_id=worker_id)
+
+    return app
+
+
+class Maintenance(threading.Thread):
+    """Delivers due webhooks every second and requeues jobs whose worker stopped renewing its lease."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="ltx2trainer-maintenance", daemon=True)
+        self.settings = settings
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        from ltx2trainer.notify.webhooks import WebhookDeliverer
+
+        services = Services(self.settings)
+        deliverer = WebhookDeliverer(services.db, self.settings)
+        ticks_per_reap = max(1, round(REAP_EVERY_S / WEBHOOK_SWEEP_S))
+        tick = 0
+        while not self.stop_event.wait(WEBHOOK_SWEEP_S):
+            try:
+                deliverer.deliver_due()
+                tick += 1
+                if tick % ticks_per_reap == 0:
+                    reap_dead_workers(services)
+            except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
+                log.exception("maintenance tick failed")
+
+
+def reap_dead_workers(services: Services) -> list[str]:
+    """Requeue running jobs whose lease expired (their worker is gone); they resume from checkpoints."""
+    requeued = []
+    for job_id in services.store.expired_leases():
+        if services.lifecycle.requeue(job_id, "its worker stopped responding; resuming elsewhere"):
+            services.queue.enqueue(job_id)
+            requeued.append(job_id)
+            log.warning("requeued job %s: its worker's lease expired", job_id)
+    return requeued
+
+
+def run_worker(settings: Settings, *, loglevel: str = "INFO", name: str = "trainer@%h") -> None:
+    """Run a Celery worker for training jobs in this process (blocks)."""
+    app = make_worker_app(settings)
+    maintenance = Maintenance(settings)
+
+    @signals.worker_ready.connect(weak=False)
+    def _start(**_kwargs) -> None:
+        maintenance.start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _stop(**_kwargs) -> None:
+        maintenance.stop_event.set()
+
+    app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", TRAINING_QUEUE, "--pool=prefork",
+                     "--concurrency=1", "-n", name, "--without-gossip", "--without-mingle"])

@@ -1,0 +1,144 @@
+"""What a job sees of the service while it runs: phase, progress, logs, cancel, lease, publishing.
+
+All of it goes through the lifecycle (the database), never through Celery, so status polls, SSE and the
+queue facade see progress within about a second. Progress is written at most every
+`PROGRESS_INTERVAL_S` (and on the last step); the cancel flag is read at most every `CANCEL_CHECK_S`, so a
+running job stops within one training step of a cancel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ltx2trainer.jobs.lifecycle import Lifecycle
+from ltx2trainer.jobs.models import JobRow
+from ltx2trainer.settings import Settings
+
+PROGRESS_INTERVAL_S = 0.5
+CANCEL_CHECK_S = 0.25
+LOGGED_PACKAGES = ("ltx2trainer",)
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was presumed dead): stop without touching the job."""
+
+
+class WorkerContext:
+    def __init__(self, job: JobRow, lifecycle: Lifecycle, storage, settings: Settings, worker_id: str) -> None:
+        self.job_id = job.id
+        self.owner = job.owner
+        self.lifecycle = lifecycle
+        self.storage = storage
+        self.settings = settings
+        self.worker_id = worker_id
+        self.work_dir: Path = settings.data_dir / "jobs" / job.id
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.partial_output: dict[str, Any] | None = None
+        self._lease_lost = threading.Event()
+        self._last_progress = 0.0
+        self._last_cancel_check = 0.0
+        self._cancel_requested = False
+        self._phase: str | None = None
+
+    # --- the pipeline's JobContext ---------------------------------------------------------------------
+
+    def set_phase(self, phase: str) -> None:
+        if phase != self._phase:
+            self._phase = phase
+            self.lifecycle.set_phase(self.job_id, phase)
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.lifecycle.log(self.job_id, message, level)
+
+    def report_step(self, info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_INTERVAL_S and info.step != info.total:
+            return
+        self._last_progress = now
+        per_step = info.elapsed_s / max(info.step, 1)
+        self.lifecycle.report_progress(self.job_id, {
+            "step": info.step, "total_steps": info.total, "loss": round(info.loss, 6), "lr": info.lr,
+            "eta_s": round(per_step * (info.total - info.step), 1), "steps_per_s": round(1 / per_step, 3),
+        })
+
+    def cancelled(self) -> bool:
+        if self._lease_lost.is_set():
+            raise LeaseLost(self.job_id)
+        now = time.monotonic()
+        if not self._cancel_requested and now - self._last_cancel_check >= CANCEL_CHECK_S:
+            self._last_cancel_check = now
+            self._cancel_requested = self.lifecycle.is_cancel_requested(self.job_id)
+        return self._cancel_requested
+
+    def publish(self, name: str, path: Path, content_type: str, *, announce: bool = False) -> dict[str, Any]:
+        """Put a file under the job's prefix in object storage; returns its reference for the output."""
+        from ltx2trainer.storage import job_prefix
+
+        stored = self.storage.put_file(job_prefix(self.owner, self.job_id) + name, path, content_type)
+        ref = {"key": stored.key, "content_type": content_type, "file_name": Path(name).name,
+               "file_size": stored.size}
+        if announce:
+            self.lifecycle.publish(self.job_id, name, ref)
+        return ref
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Renew the job's lease in the background; if it is lost, the next cancel check raises LeaseLost."""
+        stop = threading.Event()
+        interval = self.settings.job_lease_s / 3
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    if not self.lifecycle.heartbeat(self.job_id, self.worker_id, self.settings.job_lease_s):
+                        self._lease_lost.set()
+                        return
+                except Exception:  # noqa: BLE001 - a database hiccup: try again next beat
+                    logging.getLogger(__name__).warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{self.job_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    @contextlib.contextmanager
+    def capture_logs(self, level: int = logging.INFO) -> Iterator[None]:
+        """Forward the package's log records during the job into the job's logs (status, SSE, facade)."""
+        handler = _JobLogHandler(self, level)
+        loggers = [logging.getLogger(name) for name in LOGGED_PACKAGES]
+        previous = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(handler)
+            if lg.level == logging.NOTSET or lg.level > level:
+                lg.setLevel(level)
+        try:
+            yield
+        finally:
+            for lg, old in zip(loggers, previous, strict=True):
+                lg.removeHandler(handler)
+                lg.setLevel(old)
+
+
+class _JobLogHandler(logging.Handler):
+    LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN", logging.ERROR: "ERROR"}
+
+    def __init__(self, context: WorkerContext, level: int) -> None:
+        super().__init__(level)
+        self.context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.context.log(record.getMessage(), self.LEVELS.get(record.levelno, "INFO"))
+        except Exception:  # noqa: BLE001 - logging must never break the job
+            self.handleError(record)

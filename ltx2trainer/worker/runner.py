@@ -1,0 +1,64 @@
+"""Run one job in a worker process and map the outcome onto the job's lifecycle.
+
+Whose fault was it: a `UserInputError` fails the job with its message (no retry, nothing billed); a
+`JobCancelled` ends it cancelled with the last checkpoint as its output; an `InfraError` (storage down…)
+puts it back in the queue while attempts remain; anything else is a platform fault that fails the job
+with `internal_error`. A job this worker no longer holds (its lease went to another worker) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+
+from ltx2trainer.errors import InfraError, JobCancelled, UserInputError
+from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.settings import Settings
+from ltx2trainer.wiring import Services
+from ltx2trainer.worker.context import LeaseLost, WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Services | None = None) -> str:
+    """Run job `job_id` if this worker may; returns what happened (for logs and tests)."""
+    from ltx2trainer.pipeline.run import run_job
+
+    services = services or Services(settings)
+    lifecycle = services.lifecycle
+    job = lifecycle.start(job_id, worker_id, settings.job_lease_s, settings.job_max_attempts)
+    if job is None:
+        log.info("job %s not started here (finished, cancelled or running elsewhere)", job_id)
+        return "skipped"
+    context = WorkerContext(job, lifecycle, services.storage, settings, worker_id)
+    outcome = "succeeded"
+    with context.heartbeat(), context.capture_logs():
+        log.info("job %s started on %s (attempt %d)", job_id, worker_id, job.attempt)
+        try:
+            training_input = TrainingInput.model_validate(job.input, context={"allow_file_urls": settings.allow_file_urls})
+            output = run_job(context, training_input)
+        except LeaseLost:
+            log.warning("job %s: lease lost to another worker; stopping here", job_id)
+            return "lease_lost"
+        except JobCancelled:
+            lifecycle.cancel(job_id, output=context.partial_output)
+            outcome = "cancelled"
+        except UserInputError as exc:
+            lifecycle.fail(job_id, exc.code, exc.message)
+            outcome = "failed"
+        except InfraError as exc:
+            log.error("job %s: platform error, will retry: %s", job_id, exc)
+            if lifecycle.requeue(job_id, f"platform error, retrying: {exc}"):
+                services.queue.enqueue(job_id)
+            return "requeued"
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected fault: fail loudly, never bill
+            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+            lifecycle.fail(job_id, "internal_error", f"the worker failed: {type(exc).__name__}: {exc}")
+            outcome = "failed"
+        else:
+            lifecycle.succeed(job_id, output)
+    keep_for_debugging = outcome == "failed" and settings.environment == "development"
+    if not keep_for_debugging:
+        shutil.rmtree(context.work_dir, ignore_errors=True)  # outputs are in object storage now
+    return outcome
