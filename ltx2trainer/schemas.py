@@ -44,6 +44,7 @@ MAX_FRAMES = 121
 VAE_TEMPORAL_FACTOR = 8  # LTX-2 compresses 8 frames into one latent frame, plus the first frame alone
 MAX_VALIDATION_PROMPTS = 2
 MAX_METADATA_CHARS = 16_384
+MAX_PROMPT_CHARS = 10_000  # data: URLs (training data, images) have no length limit here: size limits apply
 DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 
 
@@ -91,13 +92,13 @@ def _check_url(value: str, *, what: str, allow_data: bool, allow_file: bool) -> 
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=100_000)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ValidationPrompt(StrictModel):
     """One validation sample: text-to-video, or image-to-video when `image_url` is given."""
 
-    prompt: str = Field(..., description="Text prompt for the validation video.")
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS, description="Text prompt for the validation video.")
     image_url: str | None = Field(None, description="First-frame image (http(s) or data: URL).")
 
     @field_validator("prompt")
@@ -156,7 +157,8 @@ class TrainingInput(StrictModel):
     validation: list[ValidationPrompt] = Field(
         default_factory=list, description="At most 2 prompts; if any has image_url, all must."
     )
-    validation_negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="Negative prompt for CFG.")
+    validation_negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS,
+                                            description="Negative prompt for CFG.")
     validation_number_of_frames: int = Field(
         89, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frames per validation video; adjusted to 8n+1."
     )
@@ -166,7 +168,7 @@ class TrainingInput(StrictModel):
     stg_scale: float = Field(1.0, ge=0.0, le=3.0, description="Spatio-temporal guidance scale; 0 disables.")
 
     # Native extras (not in the hosted schema).
-    webhook_url: str | None = Field(None, description="Called with signed events on completion.")
+    webhook_url: str | None = Field(None, max_length=2048, description="Called with signed events.")
     metadata: dict[str, Any] | None = Field(None, description="Free-form JSON kept with the job.")
     max_cost_usd: Decimal | None = Field(None, gt=0, description="Refuse the job if it would cost more.")
     debug_dataset: bool = Field(False, description="Also return the processed dataset as a zip.")

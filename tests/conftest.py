@@ -122,3 +122,73 @@ def prepare(tmp_path: Path, settings: Settings) -> PrepareFn:
         )
 
     return run
+
+
+# --- databases: the suite runs against SQLite and PostgreSQL ---------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get("LTX2T_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("LTX2T_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The admin URL of the test PostgreSQL server (scripts/test.sh makes sure one runs)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # pragma: no cover - scripts/test.sh starts PostgreSQL
+        raise RuntimeError(f"PostgreSQL is needed at {POSTGRES_ADMIN_URL} (scripts/test.sh starts it): {exc}") from exc
+    finally:
+        engine.dispose()
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"ltx2t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = postgres_server_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each test using this runs twice: on SQLite (the embedded default) and on PostgreSQL (production)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database number of its own, flushed before and after the test."""
+    import random
+
+    import redis
+
+    number = random.randint(1, 15)
+    url = f"{REDIS_TEST_URL}/{number}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:  # pragma: no cover - scripts/test.sh starts Redis
+        raise RuntimeError(f"Redis is needed at {REDIS_TEST_URL} (scripts/test.sh starts it)") from exc
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
