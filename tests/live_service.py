@@ -95,6 +95,7 @@ def live_service(data_dir: Path, *, with_worker: bool = True, **env_overrides: s
 
 
 def start_worker(service: LiveService) -> None:
+    service.settings.data_dir.mkdir(parents=True, exist_ok=True)
     service.worker_log = service.settings.data_dir / f"worker-{time.monotonic_ns()}.log"
     log = service.worker_log.open("w")
     service.worker = subprocess.Popen([sys.executable, "-m", "ltx2trainer.cli", "worker"], env=service.env,

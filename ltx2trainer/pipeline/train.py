@@ -107,10 +107,8 @@ def run_training(
     phase = on_phase or (lambda name: None)
     main = accelerator.is_main_process
 
-    phase("loading model")
+    phase("encoding")  # (the phases are DESIGN §5's: loading the model counts as encoding)
     components = load_model(model, device=accelerator.device, seed=training_input.seed or 0)
-
-    phase("encoding")
     cache_dir = cache_dir_for(work_dir, components)
     with accelerator.main_process_first():
         encoded = encode_dataset(dataset_dir, cache_dir, components, cancel=cancel)
@@ -158,7 +156,7 @@ def run_training(
         samples_reused=encoded.samples_reused,
     )
     if main:
-        phase("exporting")
+        phase("publishing")
         result.exported = export_lora(
             out_dir, trained.lora_state, training_input, base_model=components.name,
             extra={"training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,

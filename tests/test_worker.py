@@ -1,0 +1,152 @@
+"""The worker's side of a job: outcomes mapped onto the lifecycle, cooperative cancel, leases and requeues.
+
+Jobs run in this process through `execute_job` (what the Celery task calls), on the tiny model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.settings import Settings
+from ltx2trainer.storage import job_prefix
+from ltx2trainer.wiring import Services
+from ltx2trainer.worker.app import reap_dead_workers
+from ltx2trainer.worker.runner import execute_job
+from tests.live_service import FAST_JOB, tiny_dataset_url
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset_url(tmp_path_factory) -> str:
+    return tiny_dataset_url(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture
+def services(tmp_path) -> Services:
+    return Services(Settings(data_dir=tmp_path / "data", allow_private_urls=True, prepare_workers=1,
+                             job_lease_s=6))
+
+
+def submit(services: Services, body: dict, owner: str = "alice") -> str:
+    from ltx2trainer.schemas import TrainingInput
+
+    training_input = TrainingInput.model_validate(body)
+    job, _ = services.lifecycle.submit(owner, training_input.model_dump(mode="json"))
+    return job.id
+
+
+def test_a_job_runs_to_success_with_outputs_in_storage_and_logs(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url,
+                               "validation": [{"prompt": "a test clip"}], "validation_resolution": "low",
+                               "validation_aspect_ratio": "16:9", "validation_number_of_frames": 9})
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "succeeded"
+    job = services.store.get(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.error is None
+    prefix = job_prefix("alice", job_id)
+    for name in ("lora_file", "config_file", "video", "lora_comfyui_file"):
+        ref = job.output[name]
+        assert ref["key"].startswith(prefix) and services.storage.size(ref["key"]) == ref["file_size"] > 0
+    assert job.output["debug_dataset"] is None
+    assert job.progress["step"] == job.progress["total_steps"] == 100
+    logs = [line["message"] for line in services.store.last_logs(job_id, 100)]
+    assert any(message.startswith("dataset: 2 samples") for message in logs)
+    # validation clips were published while training ran (as output events), four rounds of one prompt
+    published = [event.data["name"] for event in services.store.events(job_id, kinds=("output",))]
+    assert published == [f"validation/step_{step:06d}_prompt0.mp4" for step in (25, 50, 75, 100)]
+    phases = [event.data["phase"] for event in services.store.events(job_id, kinds=("phase",))]
+    assert phases[:4] == ["fetching", "preparing", "encoding", "training"] and "publishing" in phases
+    assert not (services.settings.data_dir / "jobs" / job_id).exists()  # work dir cleaned up
+
+
+def test_debug_dataset_is_published_when_asked(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url, "debug_dataset": True})
+    execute_job(job_id, services.settings, worker_id="w1", services=services)
+    ref = services.store.get(job_id).output["debug_dataset"]
+    import io
+    import zipfile
+
+    with services.storage.open(ref["key"]) as handle:
+        names = zipfile.ZipFile(io.BytesIO(handle.read())).namelist()
+    assert "manifest.jsonl" in names and "report.json" in names and any(n.startswith("media/") for n in names)
+
+
+def test_bad_training_data_fails_the_job_with_the_reason(services):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": "data:application/zip;base64,bm90IGEgemlw"})
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "failed"
+    job = services.store.get(job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error["type"] == "invalid_archive" and "not a readable zip" in job.error["message"]
+
+
+def test_a_running_job_stops_within_a_step_of_cancel_and_keeps_its_last_checkpoint(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url, "number_of_steps": 2000})
+    outcome: dict[str, str] = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        result=execute_job(job_id, services.settings, worker_id="w1", services=services)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while (services.store.get(job_id).progress or {}).get("step", 0) < 5:
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.1)
+    services.lifecycle.request_cancel(job_id, "alice")
+    cancelled_at_step = services.store.get(job_id).progress["step"]
+    worker.join(timeout=60)
+    assert outcome["result"] == "cancelled"
+    job = services.store.get(job_id)
+    assert job.status == JobStatus.CANCELLED and job.error["type"] == "cancelled"
+    stopped_at = job.output["metrics"]["cancelled_at_step"]
+    # progress is reported every 0.5 s and cancel read every 0.25 s: a few tiny steps at most
+    assert cancelled_at_step <= stopped_at <= cancelled_at_step + 25
+    assert services.storage.size(job.output["lora_file"]["key"]) > 0  # the LoRA of the last step
+
+
+def test_a_job_cancelled_while_queued_never_starts(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    services.lifecycle.request_cancel(job_id, "alice")
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "skipped"
+    assert services.store.get(job_id).status == JobStatus.CANCELLED
+    assert services.store.get(job_id).attempt == 0
+
+
+def test_a_duplicate_delivery_does_not_run_a_job_another_worker_holds(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    assert services.lifecycle.start(job_id, "worker-a", lease_s=60, max_attempts=3) is not None
+    assert execute_job(job_id, services.settings, worker_id="worker-b", services=services) == "skipped"
+    assert services.store.get(job_id).attempt == 1
+
+
+def test_an_expired_lease_is_requeued_and_resumed_by_another_worker(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    services.lifecycle.start(job_id, "worker-a", lease_s=0.1, max_attempts=3)
+    time.sleep(0.3)
+    assert reap_dead_workers(services) == [job_id]
+    assert services.store.get(job_id).status == JobStatus.QUEUED
+    broker = services.settings.data_dir / "broker" / "queue"
+    assert list(broker.iterdir())  # the job was handed to the queue again
+    assert execute_job(job_id, services.settings, worker_id="worker-b", services=services) == "succeeded"
+    assert services.store.get(job_id).attempt == 2
+
+
+def test_a_job_whose_worker_keeps_dying_fails_as_a_platform_error(services, dataset_url):
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    for attempt in range(services.settings.job_max_attempts):
+        assert services.lifecycle.start(job_id, f"worker-{attempt}", lease_s=0.01, max_attempts=3) is not None
+        time.sleep(0.05)
+    assert execute_job(job_id, services.settings, worker_id="worker-x", services=services) == "skipped"
+    job = services.store.get(job_id)
+    assert job.status == JobStatus.FAILED and job.error["type"] == "runner_disconnected"
+
+
+def test_storage_outage_requeues_the_job_for_a_retry(tmp_path, dataset_url):
+    services = Services(Settings(data_dir=tmp_path / "data", allow_private_urls=True, prepare_workers=1,
+                                 storage_url="s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:9"))
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "requeued"
+    job = services.store.get(job_id)
+    assert job.status == JobStatus.QUEUED and job.error is None
+    assert any("platform error" in line["message"] for line in services.store.last_logs(job_id, 50))
