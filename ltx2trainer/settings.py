@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(15.0, gt=0, description="One delivery attempt's time limit.")
     webhook_max_attempts: int = Field(10, ge=1, description="Delivery attempts before giving up.")
     s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto); default AWS.")
+    s3_public_endpoint_url: str = Field("", description="Endpoint download URLs are signed for; default s3_endpoint_url.")
     s3_region: str = Field("us-east-1")
     job_lease_s: int = Field(120, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
     job_max_attempts: int = Field(3, ge=1, description="Runs of one job (crash recovery) before it fails.")
@@ -111,6 +112,13 @@ class Settings(BaseSettings):
         if self.environment == "production":
             raise RuntimeError(f"LTX2T_{name.upper()} must be set when LTX2T_ENVIRONMENT=production")
         return _development_secrets(self.data_dir)[name]
+
+
+def check_secrets(settings: Settings) -> None:
+    """Fail fast (at startup, naming the variable) when a secret this deployment needs is missing."""
+    settings.secret("webhook_secret")
+    if settings.storage_url.startswith("file:"):
+        settings.secret("file_url_secret")
 
 
 def _development_secrets(data_dir: Path) -> dict[str, str]:

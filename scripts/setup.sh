@@ -25,7 +25,7 @@ if [ ! -f "$stamp" ]; then
   # torch first, pinned: an unpinned resolve would pull a multi-GB CUDA build. TORCH_SPEC overrides it
   # (e.g. TORCH_SPEC="torch==2.13.0+cu128 --index-url ..." on a GPU machine).
   .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[worker,dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -126,7 +126,9 @@ def prepare(tmp_path: Path, settings: Settings) -> PrepareFn:
 
 # --- databases: the suite runs against SQLite and PostgreSQL ---------------------------------------------
 
-POSTGRES_ADMIN_URL = os.environ.get("LTX2T_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "LTX2T_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_TEST_URL = os.environ.get("LTX2T_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 

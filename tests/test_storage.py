@@ -440,3 +440,14 @@ def test_get_storage_names_an_unsupported_url_and_the_supported_schemes(tmp_path
 def test_get_storage_rejects_incomplete_urls(tmp_path: Path, url: str) -> None:
     with pytest.raises(ValueError, match="storage URL"):
         get_storage(Settings(data_dir=tmp_path, storage_url=url))
+
+
+def test_s3_download_urls_are_signed_for_the_public_endpoint(s3_endpoint: str) -> None:
+    # Workers upload at the internal endpoint; users get URLs for the one they can reach.
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    storage = S3Storage(BUCKET, "pub", endpoint_url=s3_endpoint, public_endpoint_url=public,
+                        connect_timeout_s=1, read_timeout_s=5, max_attempts=1)
+    storage.put_bytes("a/b.bin", b"public bytes", "application/octet-stream")
+    url = storage.url_for("a/b.bin", file_name="b.bin", content_type="application/octet-stream", expires_s=60)
+    assert url.startswith(public + "/")
+    assert httpx.get(url, timeout=10).content == b"public bytes"

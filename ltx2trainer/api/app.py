@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from ltx2trainer.api import routes_ops, routes_trainings
 from ltx2trainer.api.cache import TTLCache
-from ltx2trainer.settings import Settings
+from ltx2trainer.settings import Settings, check_secrets
 from ltx2trainer.wiring import Services
 
 log = logging.getLogger("ltx2trainer.api")
@@ -23,6 +23,7 @@ AUTH_CACHE_TTL_S = 10.0
 
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    check_secrets(settings)  # production has no default secrets: refuse to start without them
     services = services or Services(settings)
     services.db  # noqa: B018 - create the schema now, not on the first request
     app = FastAPI(

@@ -35,6 +35,15 @@ async def job_event_stream(request: Request, services: Services, job_id: str, af
     while True:
         events = await run_in_threadpool(services.store.events, job_id, after_id=last_id, limit=BATCH)
         finished = False
+        job = None
+        if not events:
+            # Nothing new: if the job has ended, this client resumed after its terminal status (Last-Event-ID
+            # at or past it). End the stream instead of holding it open forever, after sending whatever was
+            # committed between the two reads (a terminal job has all its status events committed).
+            job = await run_in_threadpool(services.store.get, job_id)
+            if job is None or job.is_terminal:
+                finished = True
+                events = await run_in_threadpool(services.store.events, job_id, after_id=last_id, limit=BATCH)
         for event in events:
             data = dict(event.data)
             if event.kind == "output" and isinstance(data.get("file"), dict):
@@ -43,7 +52,7 @@ async def job_event_stream(request: Request, services: Services, job_id: str, af
             last_id, last_sent = event.id, time.monotonic()
             finished = finished or (event.kind == "status" and data.get("status") in JobStatus.TERMINAL)
         if finished:
-            job = await run_in_threadpool(services.store.get, job_id)
+            job = job if job is not None and job.is_terminal else await run_in_threadpool(services.store.get, job_id)
             if job is not None and job.output is not None:
                 yield format_event(None, "result", {"output": render_output(job.output, services, base_url)})
             return

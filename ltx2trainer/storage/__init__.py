@@ -66,6 +66,7 @@ def get_storage(settings: Settings) -> Storage:
             parts.netloc,
             unquote(parts.path),
             endpoint_url=settings.s3_endpoint_url or None,
+            public_endpoint_url=settings.s3_public_endpoint_url or None,
             region=settings.s3_region,
         )
     raise ValueError(

@@ -48,6 +48,7 @@ class S3Storage(Storage):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
         region: str = "us-east-1",
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
@@ -70,6 +71,12 @@ class S3Storage(Storage):
         )
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name=region, config=config
+        )
+        # Workers reach the store at endpoint_url (e.g. http://minio:9000 inside a compose network) while
+        # users download from where they can reach it: presigned URLs are signed for that public endpoint.
+        public = public_endpoint_url or None
+        self._presigner = self._client if public in (None, self.endpoint_url) else boto3.session.Session().client(
+            "s3", endpoint_url=public, region_name=region, config=config
         )
         self._where = f"s3://{bucket}/{self.prefix}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
 
@@ -170,7 +177,7 @@ class S3Storage(Storage):
         if expires_s > PRESIGNED_URL_MAX_S:
             raise ValueError(f"S3 presigned URLs live at most {PRESIGNED_URL_MAX_S} s, asked for {expires_s} s")
         with self._errors("signing a URL for", key):
-            return self._client.generate_presigned_url(
+            return self._presigner.generate_presigned_url(
                 "get_object",
                 Params={
                     "Bucket": self.bucket,
