@@ -294,6 +294,7 @@ class TrainingJob(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     phase: str | None = None
     queue_position: int | None = None
+    cancel_requested: bool = False  # a running job asked to stop (it stops at its next check)
     progress: JobProgress
     input: dict[str, Any]
     adjustments: list[Adjustment] = Field(default_factory=list)

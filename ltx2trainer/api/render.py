@@ -25,6 +25,7 @@ def render_job(job: JobRow, services: Services, base_url: str, queue_position: i
         status=job.status,
         phase=job.phase,
         queue_position=queue_position,
+        cancel_requested=job.cancel_requested_at is not None,
         progress=JobProgress(step=step, total_steps=total, loss=progress.get("loss"), eta_s=progress.get("eta_s"),
                              fraction=round(step / total, 4) if total else 0.0),
         input=job.input,
