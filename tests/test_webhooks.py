@@ -240,7 +240,7 @@ def test_cancelled_running_job_fal_webhook_is_error_with_last_checkpoint_payload
     deliverer.deliver_due()
     [request] = receiver.on("/fal")
     assert request.payload == {"request_id": job_id, "gateway_request_id": job_id, "status": "ERROR",
-                               "payload": LORA_OUTPUT, "error": "cancelled by the user", "error_type": "cancelled"}
+                               "payload": LORA_OUTPUT, "error": "cancelled by the user", "error_type": "client_cancelled"}
 
 
 def test_cancelled_queued_job_sends_error_without_payload(lifecycle, db, deliverer, receiver):
@@ -250,7 +250,7 @@ def test_cancelled_queued_job_sends_error_without_payload(lifecycle, db, deliver
     assert deliverer.deliver_due() == 2
     [fal] = receiver.on("/fal")
     assert fal.payload["status"] == "ERROR" and fal.payload["payload"] is None
-    assert fal.payload["error_type"] == "cancelled"
+    assert fal.payload["error_type"] == "client_cancelled"
     [native] = receiver.on("/native")
     assert native.payload["type"] == "training.cancelled"  # never started: no training.started
 
@@ -575,3 +575,21 @@ def test_run_forever_delivers_in_the_background_until_stopped(lifecycle, db, del
         thread.join(5)
     assert not thread.is_alive()
     assert len(receiver.on("/fal")) == 1
+
+
+
+def test_output_files_in_webhooks_are_links_signed_at_send_time(lifecycle, deliverer, receiver):
+    # The outbox keeps storage references; what the receiver gets are File objects with working URLs,
+    # pointing at the gateway the job was submitted to.
+    ref = {"key": "jobs/owner/job-1/lora.safetensors", "file_name": "lora.safetensors",
+           "content_type": "application/octet-stream", "file_size": 3}
+    job, _ = lifecycle.submit("owner-1", TRAINING_INPUT, fal_webhook=receiver.url("/linked"),
+                              public_base_url="http://gateway.example:8000")
+    assert lifecycle.start(job.id, "worker-1", lease_s=60, max_attempts=3) is not None
+    lifecycle.succeed(job.id, {"lora_file": ref})
+    deliverer.deliver_due()
+    [received] = receiver.on("/linked")
+    assert not isinstance(received.payload, Exception)  # the signature covers the linked body
+    lora = received.payload["payload"]["lora_file"]
+    assert "key" not in lora and lora["file_size"] == 3 and lora["file_name"] == "lora.safetensors"
+    assert lora["url"].startswith("http://gateway.example:8000/v1/files/jobs/owner/job-1/lora.safetensors?")

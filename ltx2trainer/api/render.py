@@ -7,6 +7,7 @@ from typing import Any
 
 from ltx2trainer.jobs.models import JobRow
 from ltx2trainer.schemas import JobError, JobProgress, TrainingJob
+from ltx2trainer.storage import render_refs
 from ltx2trainer.wiring import Services
 
 OUTPUT_FILES = ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
@@ -51,16 +52,9 @@ def render_output(output: dict[str, Any] | None, services: Services, base_url: s
     """The stored output with every file reference replaced by a File `{url, content_type, file_name, file_size}`."""
     if output is None:
         return None
-    return {key: render_file(value, services, base_url) if _is_ref(value) else value for key, value in output.items()}
+    return render_refs(services.storage, output, expires_s=services.settings.file_url_ttl_s, base_url=base_url)
 
 
 def render_file(ref: dict[str, Any], services: Services, base_url: str) -> dict[str, Any]:
-    """A fresh signed URL for a stored reference (its size was recorded at upload: no storage round trip)."""
-    url = services.storage.url_for(ref["key"], file_name=ref["file_name"], content_type=ref["content_type"],
-                                   expires_s=services.settings.file_url_ttl_s, base_url=base_url)
-    return {"url": url, "content_type": ref["content_type"], "file_name": ref["file_name"],
-            "file_size": ref["file_size"]}
-
-
-def _is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and {"key", "file_name", "content_type"} <= value.keys()
+    """A fresh signed URL for one stored reference."""
+    return render_refs(services.storage, ref, expires_s=services.settings.file_url_ttl_s, base_url=base_url)

@@ -120,7 +120,7 @@ def submit(path: str, principal: PrincipalDep, services: ServicesDep, base_url: 
         raise HTTPException(422, detail=[{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL",
                                           "type": "value_error"}])
     job, _replayed = submit_training(services, principal.owner, body, idempotency_key=idempotency_key,
-                                     app_id=app, fal_webhook=fal_webhook)
+                                     base_url=base_url, app_id=app, fal_webhook=fal_webhook)
     handle = {"request_id": job.id, "gateway_request_id": job.id, **_urls(base_url, app, job.id),
               "status": "IN_QUEUE" if job.status == JobStatus.QUEUED else _fal_status(job),
               "queue_position": services.store.queue_position(job) or 0}

@@ -39,7 +39,7 @@ def validate_training_input(body: Any, allow_file_urls: bool) -> TrainingInput:
         ]) from None
 
 
-def submit_training(services, owner: str, body: dict[str, Any], *, idempotency_key: str | None,
+def submit_training(services, owner: str, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
                     app_id: str | None = None, fal_webhook: str | None = None):
     """Validate and create a job, enqueue it; returns (job, replayed). Shared with the fal facade."""
     training_input = validate_training_input(body, services.settings.allow_file_urls)
@@ -50,6 +50,7 @@ def submit_training(services, owner: str, body: dict[str, Any], *, idempotency_k
             app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
             metadata=training_input.metadata, idempotency_key=idempotency_key,
             body_hash=request_hash({"body": body, "app_id": app_id, "fal_webhook": fal_webhook}),
+            public_base_url=base_url,
         )
     except IdempotencyConflict as exc:
         # 422, not 409: queue clients retry 409s as if they were transient.
@@ -73,7 +74,8 @@ def create_training(
     body: Annotated[dict[str, Any], Body(description="The training input (see TrainingInput).")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)] = None,
 ) -> TrainingJob:
-    job, replayed = submit_training(services, principal.owner, body, idempotency_key=idempotency_key)
+    job, replayed = submit_training(services, principal.owner, body, idempotency_key=idempotency_key,
+                                    base_url=base_url)
     if replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"

@@ -75,6 +75,7 @@ class Lifecycle:
         idempotency_key: str | None = None,
         body_hash: str = "",
         usage: dict[str, Any] | None = None,
+        public_base_url: str | None = None,
     ) -> tuple[JobRow, bool]:
         """Create a queued job; returns (job, replayed). A replayed Idempotency-Key returns the original job."""
         if idempotency_key:
@@ -85,6 +86,7 @@ class Lifecycle:
             id=str(uuid.uuid4()), owner=owner, status=JobStatus.QUEUED, input=training_input,
             adjustments=adjustments or [], app_id=app_id, webhook_url=webhook_url, fal_webhook=fal_webhook,
             metadata_=metadata, idempotency_key=idempotency_key or None, request_hash=body_hash, usage=usage,
+            public_base_url=public_base_url,
             progress={"step": 0, "total_steps": training_input.get("number_of_steps"), "loss": None, "eta_s": None},
         )
         try:

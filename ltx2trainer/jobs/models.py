@@ -52,6 +52,8 @@ class JobRow(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
     webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
     fal_webhook: Mapped[str | None] = mapped_column(String(2048), default=None)
+    # Where the client reached the gateway: links in webhooks sent later by workers point there.
+    public_base_url: Mapped[str | None] = mapped_column(String(2048), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(256), default=None)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -48,6 +48,7 @@ from ltx2trainer.jobs.lifecycle import TransitionListener
 from ltx2trainer.jobs.models import JobRow, JobStatus
 from ltx2trainer.notify.models import WebhookAttemptRow, WebhookMessageRow, WebhookStatus
 from ltx2trainer.settings import Settings
+from ltx2trainer.storage import get_storage, render_refs
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,13 @@ def fal_payload(job: JobRow) -> dict[str, Any]:
         body.update(status="OK", payload=job.output)
     else:  # failed, or cancelled: the output is the last checkpoint's LoRA if there is one
         error = job.error or {}
+        cancelled = job.status == JobStatus.CANCELLED
         body.update(
             status="ERROR",
             payload=job.output or None,
             error=error.get("message") or job.status,
-            error_type=error.get("type") or job.status,
+            # the queue facade's own name for a cancellation, so result() and the webhook agree
+            error_type="client_cancelled" if cancelled else error.get("type") or job.status,
         )
     return body
 
@@ -192,6 +195,7 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
 @dataclass
 class _Claimed:
     id: str
+    job_id: str
     url: str
     payload: str
     attempt: int  # 1-based number of this attempt
@@ -228,6 +232,7 @@ class WebhookDeliverer:
         clock: Callable[[], dt.datetime] = utcnow,
         resolve_addresses: bool = True,
         jitter: float = RETRY_JITTER,
+        storage=None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -243,6 +248,7 @@ class WebhookDeliverer:
             follow_redirects=False, timeout=self.timeout_s, headers={"User-Agent": USER_AGENT}
         )
         self._rng = random.Random()
+        self._storage = storage
 
     def close(self) -> None:
         if self._owns_client:
@@ -305,10 +311,11 @@ class WebhookDeliverer:
             )
             if result.rowcount != 1:
                 return None
-            url, payload = session.execute(
-                select(WebhookMessageRow.url, WebhookMessageRow.payload).where(WebhookMessageRow.id == message_id)
+            job_id, url, payload = session.execute(
+                select(WebhookMessageRow.job_id, WebhookMessageRow.url, WebhookMessageRow.payload)
+                .where(WebhookMessageRow.id == message_id)
             ).one()
-        return _Claimed(id=message_id, url=url, payload=payload, attempt=attempts_read + 1)
+        return _Claimed(id=message_id, job_id=job_id, url=url, payload=payload, attempt=attempts_read + 1)
 
     def _attempt(self, message: _Claimed) -> None:
         started_at = self.clock()
@@ -329,19 +336,20 @@ class WebhookDeliverer:
         except UserInputError as exc:  # the host does not resolve (now): a retry may succeed
             return _Outcome(error=exc.message)
 
+        body = self._with_links(message)
         seconds = int(started_at.timestamp())
         signed_at = dt.datetime.fromtimestamp(seconds, dt.UTC)
         headers = {
             "webhook-id": message.id,
             "webhook-timestamp": str(seconds),
-            "webhook-signature": self._webhook.sign(message.id, signed_at, message.payload),
+            "webhook-signature": self._webhook.sign(message.id, signed_at, body),
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
         }
         details: dict[str, Any] = {"webhook_timestamp": seconds}
         try:
             with self._client.stream(
-                "POST", message.url, content=message.payload.encode("utf-8"), headers=headers,
+                "POST", message.url, content=body.encode("utf-8"), headers=headers,
                 follow_redirects=False, timeout=self.timeout_s,
             ) as response:
                 stream = response.extensions.get("network_stream")
@@ -373,6 +381,33 @@ class WebhookDeliverer:
             return _Outcome(error=f"unusable URL: {exc}", permanent=True, details=details)
         except httpx.HTTPError as exc:
             return _Outcome(error=f"{type(exc).__name__}: {exc}", details=details)
+
+    def _with_links(self, message: _Claimed) -> str:
+        """The body to send: stored file references made into File objects with freshly signed URLs.
+
+        Signed now rather than when the job ended, because a retry may come hours later. Local storage's
+        links point at the gateway the job was submitted to (or `LTX2T_PUBLIC_BASE_URL`).
+        """
+        if '"file_size"' not in message.payload:
+            return message.payload  # nothing to link (quick check; refs always carry a size)
+        payload = json.loads(message.payload)
+        base_url = self.settings.public_base_url or self._job_base_url(message.job_id) or ""
+        try:
+            rendered = render_refs(self._output_storage(), payload, expires_s=self.settings.file_url_ttl_s,
+                                   base_url=base_url)
+        except ValueError as exc:  # local storage and no known gateway URL: send the names without links
+            log.warning("webhook %s: cannot link outputs: %s", message.id, exc)
+            return message.payload
+        return encode_payload(rendered)
+
+    def _job_base_url(self, job_id: str) -> str | None:
+        with self.db.session() as session:
+            return session.scalar(select(JobRow.public_base_url).where(JobRow.id == job_id))
+
+    def _output_storage(self):
+        if self._storage is None:
+            self._storage = get_storage(self.settings)
+        return self._storage
 
     def _check_url(self, url: str) -> str:
         """The URL's host, after the SSRF guard; `_PermanentFailure` if it must never be sent to."""

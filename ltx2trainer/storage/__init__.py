@@ -21,7 +21,9 @@ from ltx2trainer.storage.base import (
     check_key,
     check_prefix,
     content_disposition,
+    is_file_ref,
     job_prefix,
+    render_refs,
 )
 from ltx2trainer.storage.local import LocalStorage, sign_path, verify_signed_path, verify_signed_query
 from ltx2trainer.storage.s3 import S3Storage
@@ -35,7 +37,9 @@ __all__ = [
     "check_prefix",
     "content_disposition",
     "get_storage",
+    "is_file_ref",
     "job_prefix",
+    "render_refs",
     "sign_path",
     "verify_signed_path",
     "verify_signed_query",

@@ -149,3 +149,26 @@ class Storage(ABC):
         size = self.size(key)
         url = self.url_for(key, file_name=file_name, content_type=content_type, expires_s=expires_s, base_url=base_url)
         return File(url=url, content_type=content_type, file_name=file_name, file_size=size).model_dump()
+
+
+def is_file_ref(value: Any) -> bool:
+    """A stored output reference `{key, file_name, content_type, file_size}` (what jobs record)."""
+    return isinstance(value, dict) and {"key", "file_name", "content_type", "file_size"} <= value.keys()
+
+
+def render_refs(storage: Storage, value: Any, *, expires_s: int, base_url: str) -> Any:
+    """`value` with every stored reference inside it made into a File `{url, content_type, file_name, file_size}`.
+
+    URLs are signed at the moment of rendering, so a job read (or a webhook sent) hours later still gets
+    working links; the stored size is used, so rendering costs no storage round trip.
+    """
+    if is_file_ref(value):
+        url = storage.url_for(value["key"], file_name=value["file_name"], content_type=value["content_type"],
+                              expires_s=expires_s, base_url=base_url)
+        return {"url": url, "content_type": value["content_type"], "file_name": value["file_name"],
+                "file_size": value["file_size"]}
+    if isinstance(value, dict):
+        return {key: render_refs(storage, item, expires_s=expires_s, base_url=base_url) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_refs(storage, item, expires_s=expires_s, base_url=base_url) for item in value]
+    return value
