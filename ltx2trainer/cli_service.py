@@ -60,7 +60,18 @@ def serve(
 
 
 def _start_worker_process() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ltx2trainer.cli", "worker"], env=os.environ.copy())
+    return subprocess.Popen([sys.executable, "-m", "ltx2trainer.cli", "worker"], env=os.environ.copy(),
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM when `serve` dies. uvicorn re-raises the SIGTERM it handled after
+    shutting down, which ends `serve` before a `finally` could stop the worker, so the kernel must."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1  # noqa: N806 - the kernel's name
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def worker(
