@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console
 from ltx2trainer.settings import get_settings
@@ -105,12 +104,12 @@ def keys_list(owner: Annotated[str | None, typer.Option(help="Only this owner's 
     from ltx2trainer.jobs.keys import list_keys
     from ltx2trainer.wiring import Services
 
-    table = Table("key id", "owner", "name", "admin", "created", "revoked")
+    # Plain tab-separated lines on stdout: readable, and easy to grep or cut.
+    print("key_id\towner\tname\tadmin\tcreated\trevoked")
     for row in list_keys(Services(get_settings()).db, owner):
-        table.add_row(row.id, row.owner, row.name, "yes" if row.is_admin else "",
-                      row.created_at.isoformat(timespec="seconds"),
-                      row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "")
-    console.print(table)
+        print("\t".join([row.id, row.owner, row.name, "yes" if row.is_admin else "no",
+                         row.created_at.isoformat(timespec="seconds"),
+                         row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"]))
 
 
 @keys_app.command("revoke")
