@@ -19,11 +19,13 @@ from ltx2trainer.settings import Settings
 @dataclass
 class Services:
     settings: Settings
+    ensure_schema: bool = True  # worker children skip it: their parent process created the tables
 
     @cached_property
     def db(self) -> Database:
         db = Database(self.settings.database_url)
-        db.create_schema()
+        if self.ensure_schema:
+            db.create_schema()
         return db
 
     @cached_property

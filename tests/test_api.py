@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from ltx2trainer.api import create_app
+from ltx2trainer.api.status_cache import StatusCache
 from ltx2trainer.jobs.keys import create_key, revoke_key
 from ltx2trainer.jobs.models import ApiKeyRow
 from ltx2trainer.settings import Settings
@@ -72,6 +73,9 @@ def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, allow_private_urls=True)
     services = Services(settings)
     app = create_app(settings, services=services)
+    # These tests change jobs behind the gateway's back (as a worker would) and read them at once: no status
+    # cache here (its 0.5 s of staleness is tested on its own below).
+    app.state.status_cache = StatusCache(0)
     alice = create_key(services.db, "alice").token
     bob = create_key(services.db, "bob").token
     with TestClient(app) as client:
@@ -746,3 +750,22 @@ def test_the_gateway_does_not_import_torch_or_the_pipeline(tmp_path: Path):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HEAVY []" in result.stdout
+
+
+def test_status_polls_are_answered_from_a_half_second_cache(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data")
+    services = Services(settings)
+    app = create_app(settings, services=services)
+    headers = auth(create_key(services.db, "alice").token)
+    with TestClient(app) as client:
+        job = client.post("/v1/trainings", json={"training_data_url": "https://example.com/d.zip"},
+                          headers=headers).json()
+        assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["status"] == "queued"
+        services.lifecycle.start(job["id"], "worker-1", lease_s=60, max_attempts=3)  # a worker, elsewhere
+        assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["status"] == "queued"  # cached
+        time.sleep(0.6)
+        assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["status"] == "running"
+        # a change made through this gateway is seen at once
+        assert client.post(f"/v1/trainings/{job['id']}/cancel", headers=headers).status_code == 202
+        assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["cancel_requested"] is True
+    services.db.engine.dispose()

@@ -7,7 +7,6 @@ Tests (and the CLI) pass `services=` to run it against chosen backends.
 from __future__ import annotations
 
 import logging
-import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,11 +14,15 @@ from fastapi.responses import JSONResponse
 
 from ltx2trainer.api import routes_ops, routes_trainings
 from ltx2trainer.api.cache import TTLCache
+from ltx2trainer.api.middleware import AccessLog, ThreadLimit
+from ltx2trainer.api.status_cache import StatusCache
 from ltx2trainer.settings import Settings, check_secrets
 from ltx2trainer.wiring import Services
 
 log = logging.getLogger("ltx2trainer.api")
 AUTH_CACHE_TTL_S = 10.0
+STATUS_CACHE_TTL_S = 0.5  # progress is written every 0.5 s: answers are no staler than they already are
+GATEWAY_THREADS = 8  # blocking work at once (= SQLite connections kept): enough for 2-8 cores
 
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
@@ -34,6 +37,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     )
     app.state.services = services
     app.state.auth_cache = TTLCache(AUTH_CACHE_TTL_S)
+    app.state.status_cache = StatusCache(STATUS_CACHE_TTL_S)
     app.state.metrics_registry = routes_ops.metrics_registry(services)
     app.include_router(routes_trainings.router)
     app.include_router(routes_ops.router)
@@ -46,13 +50,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def _access_log(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info("request", extra={"method": request.method, "path": request.url.path,
-                                   "status": response.status_code,
-                                   "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
-        return response
-
+    app.add_middleware(ThreadLimit, threads=GATEWAY_THREADS)
+    app.add_middleware(AccessLog)
     return app

@@ -33,6 +33,12 @@ class TTLCache(Generic[V]):
                 self._entries[key] = (now + self.ttl_s, value)
         return value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The cached value if fresh, without loading (safe to call on the event loop)."""
+        with self._lock:
+            hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -5,24 +5,32 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from ltx2trainer.jobs.keys import Principal, authenticate
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
 
+# The dependencies are `async def`: they only read app state and the auth cache, so running them on the event
+# loop saves a thread-pool hop each (FastAPI runs plain `def` dependencies in the pool).
 
-def get_services(request: Request) -> Services:
+
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.services.settings
 
 
-def get_principal(request: Request) -> Principal:
-    services: Services = request.app.state.services
-    principal = request.app.state.auth_cache.get(request.headers.get("authorization"),
-                                                 lambda header: authenticate(services.db, header))
+async def get_principal(request: Request) -> Principal:
+    """The caller, from the `Authorization` header: the database is asked only on an auth-cache miss."""
+    header = request.headers.get("authorization")
+    cache = request.app.state.auth_cache
+    principal = cache.peek(header)
+    if principal is None:
+        services: Services = request.app.state.services
+        principal = await run_in_threadpool(cache.get, header, lambda value: authenticate(services.db, value))
     if principal is None:
         raise HTTPException(
             status_code=401,
@@ -32,13 +40,13 @@ def get_principal(request: Request) -> Principal:
     return principal
 
 
-def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not principal.is_admin:
         raise HTTPException(status_code=403, detail="this needs an admin key")
     return principal
 
 
-def base_url(request: Request) -> str:
+async def base_url(request: Request) -> str:
     """Where clients reach this gateway: the configured public URL, or the one this request used."""
     configured = request.app.state.services.settings.public_base_url
     return (configured or str(request.base_url)).rstrip("/")

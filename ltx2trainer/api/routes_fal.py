@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
@@ -74,12 +74,26 @@ async def status_stream(app: str, request_id: str, request: Request, principal: 
 
 
 @router.get("/{app:path}/requests/{request_id}/status", summary="Queue status")
-def status(app: str, request_id: str, principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep,
-           logs: Annotated[str, Query()] = "0") -> JSONResponse:
+async def status(app: str, request_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
+                 base_url: BaseUrlDep, logs: Annotated[str, Query()] = "0") -> Response:
+    # Clients poll this every 100 ms: cached for 0.5 s, else one thread-pool hop (see get_training).
     _check_app(app, services)
-    job = _job(services, request_id, principal)
-    body = status_body(services, job, app, base_url, _flag(logs))
-    return JSONResponse(body, status_code=200 if body["status"] == "COMPLETED" else 202, headers=_header(job.id))
+    with_logs = _flag(logs)
+
+    def compute() -> tuple[int, bytes] | None:
+        job = services.store.get(request_id, principal.owner)
+        if job is None:
+            return None
+        body = status_body(services, job, app, base_url, with_logs)
+        return (200 if body["status"] == "COMPLETED" else 202,
+                json.dumps(body, separators=(",", ":"), default=str).encode())
+
+    found = await request.app.state.status_cache.get(("fal", principal.owner, app, request_id, with_logs, base_url),
+                                                     compute)
+    if found is None:
+        raise HTTPException(404, detail=f"no request {request_id}", headers=_header(request_id))
+    code, body = found
+    return Response(body, status_code=code, media_type="application/json", headers=_header(request_id))
 
 
 @router.get("/{app:path}/requests/{request_id}", summary="Result: the output, or the error")
@@ -99,9 +113,11 @@ def result(app: str, request_id: str, principal: PrincipalDep, services: Service
 
 
 @router.put("/{app:path}/requests/{request_id}/cancel", summary="Cancel (cooperative, idempotent)")
-def cancel(app: str, request_id: str, principal: PrincipalDep, services: ServicesDep) -> JSONResponse:
+def cancel(app: str, request_id: str, request: Request, principal: PrincipalDep,
+           services: ServicesDep) -> JSONResponse:
     _check_app(app, services)
     outcome = services.lifecycle.request_cancel(request_id, owner=principal.owner)
+    request.app.state.status_cache.forget(request_id)
     if outcome is CancelOutcome.NOT_FOUND:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404, headers=_header(request_id))
     if outcome is CancelOutcome.ALREADY_TERMINAL:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_POOL_SIZE = 8  # matches the gateway's thread pool (ltx2trainer.api.app.GATEWAY_THREADS)
 
 
 def utcnow() -> dt.datetime:
@@ -84,7 +85,9 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)  # the embedded default's data dir
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        # A fixed pool: connections beyond the pool would be opened (with the PRAGMAs below) and closed per use.
+        engine = create_engine(url, pool_size=SQLITE_POOL_SIZE, max_overflow=0, pool_timeout=60,
+                               connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection, _record) -> None:

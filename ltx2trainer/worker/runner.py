@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 
 def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Services | None = None) -> str:
     """Run job `job_id` if this worker may; returns what happened (for logs and tests)."""
-    from ltx2trainer.pipeline.run import run_job
-
-    services = services or Services(settings)
+    services = services or Services(settings, ensure_schema=False)
     lifecycle = services.lifecycle
     job = lifecycle.start(job_id, worker_id, settings.job_lease_s, settings.job_max_attempts)
     if job is None:
         log.info("job %s not started here (finished, cancelled or running elsewhere)", job_id)
         return "skipped"
+    from ltx2trainer.pipeline.run import run_job  # after the claim: the job shows "running" sooner
+
     context = WorkerContext(job, lifecycle, services.storage, settings, worker_id)
     outcome = "succeeded"
     with context.heartbeat(), context.capture_logs():

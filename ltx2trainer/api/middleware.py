@@ -1,0 +1,51 @@
+"""Plain ASGI middleware for the gateway (Starlette's BaseHTTPMiddleware costs a task and a stream per
+request, which at status-polling rates is most of a request's time)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio.to_thread
+
+log = logging.getLogger("ltx2trainer.api")
+
+
+class AccessLog:
+    """One structured log record per request: method, path, status, duration in milliseconds."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+
+        async def send_and_note_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status[0],
+                                       "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+
+class ThreadLimit:
+    """Size the thread pool that runs blocking work (anyio's default, 40, far exceeds the cores and the
+    database connections: threads then queue on the connection pool and on the GIL instead of on the pool)."""
+
+    def __init__(self, app, threads: int) -> None:
+        self.app = app
+        self.threads = threads
+        self._applied = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if not self._applied:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+            self._applied = True
+        await self.app(scope, receive, send)
