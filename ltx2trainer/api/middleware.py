@@ -12,7 +12,11 @@ log = logging.getLogger("ltx2trainer.api")
 
 
 class AccessLog:
-    """One structured log record per request: method, path, status, duration in milliseconds."""
+    """One structured log record per request: method, path, status, duration in milliseconds.
+
+    Successful reads (status polls arrive many times a second from every client) are logged at DEBUG;
+    writes and errors at INFO. Formatting a JSON line per poll would otherwise cost more than the poll.
+    """
 
     def __init__(self, app) -> None:
         self.app = app
@@ -31,8 +35,11 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status[0],
-                                       "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+            level = logging.DEBUG if scope["method"] in ("GET", "HEAD") and status[0] < 400 else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "request", extra={
+                    "method": scope["method"], "path": scope["path"], "status": status[0],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
 class ThreadLimit:

@@ -76,7 +76,7 @@ async def status_stream(app: str, request_id: str, request: Request, principal: 
 @router.get("/{app:path}/requests/{request_id}/status", summary="Queue status")
 async def status(app: str, request_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
                  base_url: BaseUrlDep, logs: Annotated[str, Query()] = "0") -> Response:
-    # Clients poll this every 100 ms: cached for 0.5 s, else one thread-pool hop (see get_training).
+    # Clients poll this every 100 ms: served from the status cache, else one thread-pool hop (see get_training).
     _check_app(app, services)
     with_logs = _flag(logs)
 

@@ -85,7 +85,7 @@ def create_training(
 @router.get("/trainings/{job_id}", response_model=TrainingJob, summary="A training's status and outputs")
 async def get_training(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
                        base_url: BaseUrlDep) -> Response:
-    # The status poll: served from the 0.5 s status cache, else one thread-pool hop that reads, renders and
+    # The status poll: served from the short status cache, else one thread-pool hop that reads, renders and
     # serialises (a status poll is the hottest request by far; see bench/api.py).
     def compute() -> bytes | None:
         job = services.store.get(job_id, principal.owner)

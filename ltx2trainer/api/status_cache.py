@@ -1,7 +1,8 @@
 """A short-lived cache of status answers, so that many clients polling many times a second cost one
 database read per job and owner every `ttl_s`.
 
-Progress is written at most every 0.5 s, so a 0.5 s cache makes answers no staler than they already are.
+Progress is written at most every 0.5 s anyway; the gateway uses a 0.2 s lifetime so that a job's start
+still shows at once.
 "Single flight": while one request computes an answer, others for the same key wait for it instead of
 reading the database too (without that, a burst of pollers all miss at once and the tail latency explodes).
 """
