@@ -88,12 +88,18 @@ def keys_create(
     owner: Annotated[str, typer.Option(help="The account the key acts for.")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     admin: Annotated[bool, typer.Option(help="May see every owner's usage.")] = False,
+    spend_limit: Annotated[str | None, typer.Option(help="USD this key may spend in all (default: no limit).")] = None,
 ) -> None:
     """Create a key and print it (it is shown only once)."""
     from ltx2trainer.jobs.keys import create_key
+    from ltx2trainer.notify.billing import set_spend_limit
     from ltx2trainer.wiring import Services
 
-    created = create_key(Services(get_settings()).db, owner, name=name, is_admin=admin)
+    db = Services(get_settings()).db
+    limit = _parse_usd(spend_limit)
+    created = create_key(db, owner, name=name, is_admin=admin)
+    if limit is not None:
+        set_spend_limit(db, created.key_id, limit)
     console.print(f"key for {created.owner} ({created.key_id}); keep it secret, it is not shown again:")
     print(created.token)
 
@@ -102,14 +108,17 @@ def keys_create(
 def keys_list(owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None) -> None:
     """List keys (ids, owners, state; never secrets)."""
     from ltx2trainer.jobs.keys import list_keys
-    from ltx2trainer.wiring import Services
 
     # Plain tab-separated lines on stdout: readable, and easy to grep or cut.
-    print("key_id\towner\tname\tadmin\tcreated\trevoked")
+    from ltx2trainer.notify.billing import usd
+    from ltx2trainer.wiring import Services
+
+    print("key_id\towner\tname\tadmin\tcreated\trevoked\tspend_limit_usd")
     for row in list_keys(Services(get_settings()).db, owner):
         print("\t".join([row.id, row.owner, row.name, "yes" if row.is_admin else "no",
                          row.created_at.isoformat(timespec="seconds"),
-                         row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"]))
+                         row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-",
+                         usd(row.spend_limit_nano_usd) if row.spend_limit_nano_usd is not None else "-"]))
 
 
 @keys_app.command("revoke")
@@ -122,6 +131,38 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (key_…)
         console.print(f"[red]no key {key_id}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+@keys_app.command("set-limit")
+def keys_set_limit(
+    key_id: Annotated[str, typer.Argument(help="The key id (key_…).")],
+    spend_limit: Annotated[str, typer.Argument(help="USD, or 'none' to remove the limit.")],
+) -> None:
+    """Set (or remove) a key's spending limit: submits that would exceed it are refused with HTTP 402."""
+    from ltx2trainer.notify.billing import set_spend_limit
+    from ltx2trainer.wiring import Services
+
+    limit = None if spend_limit.lower() == "none" else _parse_usd(spend_limit)
+    if not set_spend_limit(Services(get_settings()).db, key_id, limit):
+        console.print(f"[red]no key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"{key_id}: spending limit {'removed' if limit is None else f'${limit}'}")
+
+
+def _parse_usd(value: str | None):
+    from decimal import Decimal, InvalidOperation
+
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.strip().lstrip("$"))
+    except InvalidOperation:
+        console.print(f"[red]not an amount of dollars:[/] {value!r}")
+        raise typer.Exit(2) from None
+    if amount < 0:
+        console.print("[red]a spending limit cannot be negative[/]")
+        raise typer.Exit(2)
+    return amount
 
 
 def submit(

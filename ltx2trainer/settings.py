@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto); default AWS.")
     s3_public_endpoint_url: str = Field("", description="Endpoint download URLs are signed for; default s3_endpoint_url.")
     s3_region: str = Field("us-east-1")
+    checkpoint_every_steps: int = Field(250, gt=0, description="Training checkpoints (what a crashed job resumes from).")
     job_lease_s: int = Field(120, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
     job_max_attempts: int = Field(3, ge=1, description="Runs of one job (crash recovery) before it fails.")
     broker_visibility_timeout_s: int = Field(

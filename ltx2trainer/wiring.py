@@ -30,9 +30,12 @@ class Services:
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
+        from ltx2trainer.notify.billing import billing_listener
         from ltx2trainer.notify.webhooks import outbox_listener
 
-        return Lifecycle(self.db, listeners=[outbox_listener(self.settings)])
+        # Billing first: it settles `usage`, which the webhook payloads then carry.
+        return Lifecycle(self.db, listeners=[billing_listener(self.settings.price_per_step),
+                                             outbox_listener(self.settings)])
 
     @cached_property
     def store(self) -> JobStore:

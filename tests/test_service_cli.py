@@ -32,7 +32,7 @@ def test_keys_can_be_created_listed_and_revoked(tmp_path):
 
     listed = run_cli("keys", "list", data_dir=tmp_path)
     [row] = [line.split("\t") for line in listed.stdout.splitlines()[1:]]
-    assert row[:4] == [key_id, "studio-a", "laptop", "no"] and row[5] == "-"
+    assert row[:4] == [key_id, "studio-a", "laptop", "no"] and row[5] == "-" and row[6] == "-"
     assert token.split(":")[1] not in listed.stdout + listed.stderr  # the secret is never shown again
 
     assert run_cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 0

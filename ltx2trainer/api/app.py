@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ltx2trainer.api import routes_ops, routes_trainings
+from ltx2trainer.api import routes_ops, routes_trainings, routes_usage
 from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.middleware import AccessLog, ThreadLimit
 from ltx2trainer.api.status_cache import StatusCache
@@ -42,6 +42,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.state.status_cache = StatusCache(STATUS_CACHE_TTL_S)
     app.state.metrics_registry = routes_ops.metrics_registry(services)
     app.include_router(routes_trainings.router)
+    app.include_router(routes_usage.router)
+    app.include_router(routes_usage.pages)
     app.include_router(routes_ops.router)
     from ltx2trainer.api import routes_fal  # last: its catch-all submit path must not shadow /v1 and /health
 

@@ -14,7 +14,8 @@ OUTPUT_FILES = ("lora_file", "config_file", "video", "debug_dataset", "lora_comf
 
 
 def estimated_cost(steps: int | None, unit_price: Decimal) -> Decimal | None:
-    return None if steps is None else (unit_price * steps).quantize(Decimal("0.0001"))
+    """steps × price, exact (Decimal keeps the price's decimals: 2000 × 0.0048 = 9.6000)."""
+    return None if steps is None else unit_price * steps
 
 
 def render_job(job: JobRow, services: Services, base_url: str, queue_position: int | None = None) -> TrainingJob:

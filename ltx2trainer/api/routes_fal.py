@@ -135,7 +135,7 @@ def submit(path: str, principal: PrincipalDep, services: ServicesDep, base_url: 
     if fal_webhook is not None and not fal_webhook.lower().startswith(("http://", "https://")):
         raise HTTPException(422, detail=[{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL",
                                           "type": "value_error"}])
-    job, _replayed = submit_training(services, principal.owner, body, idempotency_key=idempotency_key,
+    job, _replayed = submit_training(services, principal, body, idempotency_key=idempotency_key,
                                      base_url=base_url, app_id=app, fal_webhook=fal_webhook)
     handle = {"request_id": job.id, "gateway_request_id": job.id, **_urls(base_url, app, job.id),
               "status": "IN_QUEUE" if job.status == JobStatus.QUEUED else _fal_status(job),
@@ -161,7 +161,8 @@ def status_body(services: Services, job: JobRow, app: str, base_url: str, with_l
         if job.status != JobStatus.SUCCEEDED:
             body["error_type"], body["error"] = _error(job)
     else:
-        body["progress"] = job.progress  # an extra key; clients ignore what they do not know
+        body["progress"] = job.progress  # extra keys; clients ignore what they do not know
+        body["metrics"] = {"usage": job.usage}
     return body
 
 

@@ -19,6 +19,7 @@ from ltx2trainer.api.sse import job_event_stream
 from ltx2trainer.jobs.lifecycle import CancelOutcome, IdempotencyConflict, request_hash
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.store import InvalidCursor
+from ltx2trainer.notify.billing import check_budget, initial_usage
 from ltx2trainer.schemas import TrainingInput, TrainingJob
 
 log = logging.getLogger(__name__)
@@ -39,18 +40,29 @@ def validate_training_input(body: Any, allow_file_urls: bool) -> TrainingInput:
         ]) from None
 
 
-def submit_training(services, owner: str, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
+def submit_training(services, principal, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
                     app_id: str | None = None, fal_webhook: str | None = None):
-    """Validate and create a job, enqueue it; returns (job, replayed). Shared with the fal facade."""
+    """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
+    fal facade. An idempotent replay returns the original job before any budget is checked again."""
     training_input = validate_training_input(body, services.settings.allow_file_urls)
+    body_hash = request_hash({"body": body, "app_id": app_id, "fal_webhook": fal_webhook})
     try:
+        replay = services.lifecycle.replay(principal.owner, idempotency_key, body_hash)
+        if replay is not None:
+            return replay, True
+        price = services.settings.price_per_step
+        estimate = estimated_cost(training_input.number_of_steps, price)
+        refusal = check_budget(services.db, api_key_id=principal.key_id, estimate=estimate,
+                               max_cost_usd=training_input.max_cost_usd,
+                               number_of_steps=training_input.number_of_steps, unit_price=price)
+        if refusal is not None:
+            raise HTTPException(402, detail=refusal.message)
         job, replayed = services.lifecycle.submit(
-            owner, training_input.model_dump(mode="json"),
+            principal.owner, training_input.model_dump(mode="json"),
             adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
             app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
-            metadata=training_input.metadata, idempotency_key=idempotency_key,
-            body_hash=request_hash({"body": body, "app_id": app_id, "fal_webhook": fal_webhook}),
-            public_base_url=base_url,
+            metadata=training_input.metadata, idempotency_key=idempotency_key, body_hash=body_hash,
+            public_base_url=base_url, api_key_id=principal.key_id, usage=initial_usage(price),
         )
     except IdempotencyConflict as exc:
         # 422, not 409: queue clients retry 409s as if they were transient.
@@ -74,7 +86,7 @@ def create_training(
     body: Annotated[dict[str, Any], Body(description="The training input (see TrainingInput).")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)] = None,
 ) -> TrainingJob:
-    job, replayed = submit_training(services, principal.owner, body, idempotency_key=idempotency_key,
+    job, replayed = submit_training(services, principal, body, idempotency_key=idempotency_key,
                                     base_url=base_url)
     if replayed:
         response.status_code = 200

@@ -76,6 +76,7 @@ class Lifecycle:
         body_hash: str = "",
         usage: dict[str, Any] | None = None,
         public_base_url: str | None = None,
+        api_key_id: str | None = None,
     ) -> tuple[JobRow, bool]:
         """Create a queued job; returns (job, replayed). A replayed Idempotency-Key returns the original job."""
         if idempotency_key:
@@ -86,7 +87,7 @@ class Lifecycle:
             id=str(uuid.uuid4()), owner=owner, status=JobStatus.QUEUED, input=training_input,
             adjustments=adjustments or [], app_id=app_id, webhook_url=webhook_url, fal_webhook=fal_webhook,
             metadata_=metadata, idempotency_key=idempotency_key or None, request_hash=body_hash, usage=usage,
-            public_base_url=public_base_url,
+            public_base_url=public_base_url, api_key_id=api_key_id,
             progress={"step": 0, "total_steps": training_input.get("number_of_steps"), "loss": None, "eta_s": None},
         )
         try:
@@ -102,6 +103,14 @@ class Lifecycle:
                 raise
             return self._replay(existing, body_hash)
         return job, False
+
+    def replay(self, owner: str, idempotency_key: str | None, body_hash: str) -> JobRow | None:
+        """The job an earlier request with this Idempotency-Key created (IdempotencyConflict if its body
+        differed), or None when the key is new."""
+        if not idempotency_key:
+            return None
+        existing = self._by_idempotency_key(owner, idempotency_key)
+        return None if existing is None else self._replay(existing, body_hash)[0]
 
     def _by_idempotency_key(self, owner: str, key: str) -> JobRow | None:
         with self.db.session() as session:

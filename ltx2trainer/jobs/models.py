@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ltx2trainer.jobs.db import Base, utcnow
@@ -40,6 +40,7 @@ class JobRow(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
+    api_key_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the key that submitted it
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     phase: Mapped[str | None] = mapped_column(String(16), default=None)
     app_id: Mapped[str | None] = mapped_column(String(128), default=None)  # set when submitted via the fal facade
@@ -96,3 +97,5 @@ class ApiKeyRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Spending limit of this key in exact nano-dollars (None: unlimited); checked before a job is queued.
+    spend_limit_nano_usd: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -85,6 +85,7 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
             work / "dataset", out_dir, training_input, model=ctx.settings.model, work_dir=work / "train",
             validation_images=images, on_phase=ctx.set_phase, on_step=ctx.report_step, cancel=ctx.cancelled,
             on_validation=publish_validation,
+            config_overrides={"checkpoint_every": ctx.settings.checkpoint_every_steps},
         )
     except JobCancelled:
         ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work)

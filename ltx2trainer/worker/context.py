@@ -45,6 +45,7 @@ class WorkerContext:
         self._last_cancel_check = 0.0
         self._cancel_requested = False
         self._phase: str | None = None
+        self._unbilled_steps: list[int] = []  # completed steps not yet in the usage ledger
 
     # --- the pipeline's JobContext ---------------------------------------------------------------------
 
@@ -57,15 +58,25 @@ class WorkerContext:
         self.lifecycle.log(self.job_id, message, level)
 
     def report_step(self, info: Any) -> None:
+        """After every training step: meter it, and every PROGRESS_INTERVAL_S write usage and progress."""
+        self._unbilled_steps.append(info.step)
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_INTERVAL_S and info.step != info.total:
             return
         self._last_progress = now
+        self.flush_usage()
         per_step = info.elapsed_s / max(info.step, 1)
         self.lifecycle.report_progress(self.job_id, {
             "step": info.step, "total_steps": info.total, "loss": round(info.loss, 6), "lr": info.lr,
             "eta_s": round(per_step * (info.total - info.step), 1), "steps_per_s": round(1 / per_step, 3),
         })
+
+    def flush_usage(self) -> None:
+        """Record the steps completed since the last flush in the usage ledger (idempotent per step)."""
+        from ltx2trainer.notify.billing import record_steps
+
+        steps, self._unbilled_steps = self._unbilled_steps, []
+        record_steps(self.lifecycle.db, self.job_id, steps, self.settings.price_per_step)
 
     def cancelled(self) -> bool:
         if self._lease_lost.is_set():

@@ -42,6 +42,7 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
             log.warning("job %s: lease lost to another worker; stopping here", job_id)
             return "lease_lost"
         except JobCancelled:
+            context.flush_usage()  # the steps done are billed; the last checkpoint is the output
             lifecycle.cancel(job_id, output=context.partial_output)
             outcome = "cancelled"
         except UserInputError as exc:
@@ -57,6 +58,7 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
             lifecycle.fail(job_id, "internal_error", f"the worker failed: {type(exc).__name__}: {exc}")
             outcome = "failed"
         else:
+            context.flush_usage()
             lifecycle.succeed(job_id, output)
     keep_for_debugging = outcome == "failed" and settings.environment == "development"
     if not keep_for_debugging:
