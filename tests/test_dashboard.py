@@ -11,6 +11,7 @@ from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
@@ -98,11 +99,14 @@ def site(tmp_path_factory):
         record_steps(services.db, job.id, list(range(1, done + 1)), PRICE)
         lifecycle.report_progress(job.id, {"step": done, "total_steps": steps, "loss": 0.0421, "eta_s": 95.0})
         if outcome == "succeeded":
-            key = job_prefix(owner, job.id) + "lora.safetensors"
-            services.storage.put_bytes(key, b"weights", "application/octet-stream")
-            lifecycle.succeed(job.id, {"lora_file": {"key": key, "file_name": "lora.safetensors",
-                                                     "content_type": "application/octet-stream", "file_size": 7},
-                                       "config_file": None, "video": None, "debug_dataset": None})
+            files = {}
+            for field, name, content, kind in (("lora_file", "lora.safetensors", b"weights", "application/octet-stream"),
+                                               ("config_file", "config.json", b"{}", "application/json"),
+                                               ("video", "validation.mp4", b"mp4 bytes", "video/mp4")):
+                key = job_prefix(owner, job.id) + name
+                services.storage.put_bytes(key, content, kind)
+                files[field] = {"key": key, "file_name": name, "content_type": kind, "file_size": len(content)}
+            lifecycle.succeed(job.id, {**files, "debug_dataset": None})
         elif outcome == "cancelled":
             lifecycle.request_cancel(job.id)
             lifecycle.cancel(job.id)
@@ -140,13 +144,18 @@ def test_the_dashboard_shows_spend_price_history_and_live_progress(site):
     assert set(rows) == {jobs[name] for name in ("succeeded", "cancelled", "failed", "running", "queued")}
     assert {name: (rows[jobs[name]]["data-status"], rows[jobs[name]]["data-cost"])
             for name in ("succeeded", "cancelled", "failed", "running", "queued")} == {
-        "succeeded": ("succeeded", "0.0048" * 0 + "9.6000"), "cancelled": ("cancelled", "0.6576"),
+        "succeeded": ("succeeded", "9.6000"), "cancelled": ("cancelled", "0.6576"),
         "failed": ("failed", "0.0000"), "running": ("running", "1.2000"), "queued": ("queued", "0.0000")}
     [running] = page.texts("running-job")
     assert "step 250/1000" in running and "$1.2000" in running and "loss 0.0421" in running
     [chart] = page.attributes("spend-chart")
     rows_text = " ".join(page.texts("training-row"))
-    assert "2000/2000" in rows_text and "137/500" in rows_text and "LoRA" in rows_text  # link to the output
+    assert "2000/2000" in rows_text and "137/500" in rows_text
+    # the succeeded training links its LoRA, validation video and config, and the links download them
+    links = {text: attributes["href"] for text, attributes in page.found if attributes.get("data-testid") == "output-link"}
+    assert set(links) == {"LoRA", "video", "config"}
+    assert httpx.get(links["LoRA"]).content == b"weights"
+    assert httpx.get(links["video"]).content == b"mp4 bytes"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = chromium(f"{site['url']}#key={site['alice']}", site["profile"], f"--screenshot={ARTIFACTS / 'dashboard.png'}")
     assert shot.returncode == 0 and (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
