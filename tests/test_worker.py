@@ -150,3 +150,15 @@ def test_storage_outage_requeues_the_job_for_a_retry(tmp_path, dataset_url):
     job = services.store.get(job_id)
     assert job.status == JobStatus.QUEUED and job.error is None
     assert any("platform error" in line["message"] for line in services.store.last_logs(job_id, 50))
+
+
+def test_the_embedded_broker_keeps_all_its_state_in_the_data_dir(tmp_path, monkeypatch):
+    # kombu's filesystem transport would otherwise write its exchange tables to ./control, wherever the
+    # gateway or worker happens to be started
+    monkeypatch.chdir(tmp_path)
+    services = Services(Settings(data_dir=tmp_path / "data"))
+    services.queue.enqueue("job-1")
+    broker = tmp_path / "data" / "broker"
+    assert len(list((broker / "queue").iterdir())) == 1
+    assert (broker / "control" / "trainings.exchange").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]

@@ -19,9 +19,11 @@ EMBEDDED_POLL_INTERVAL_S = 0.1  # how often an idle worker looks for work on the
 def broker_transport_options(settings: Settings) -> dict:
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.data_dir / "broker"
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
+            # kombu's default control folder is "control" in the working directory: keep it in the data dir
+            "control_folder": str(folder / "control"),
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
