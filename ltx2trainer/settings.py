@@ -69,6 +69,8 @@ class Settings(BaseSettings):
         "development", description="production refuses to start without real secrets."
     )
     public_base_url: str = Field("", description="Base URL clients reach the gateway at; default: the request's.")
+    status_cache_ttl_s: float = Field(
+        0.2, ge=0, description="How long a status-poll answer is replayed to the same caller (0: never).")
     file_url_secret: str = Field("", description="HMAC key of signed local file URLs (dev: generated).")
     file_url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed file URLs.")
     webhook_secret: str = Field("", description="Standard Webhooks signing secret, whsec_… (dev: generated).")

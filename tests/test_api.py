@@ -26,7 +26,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from ltx2trainer.api import create_app
-from ltx2trainer.api.status_cache import StatusCache
 from ltx2trainer.jobs.keys import create_key, revoke_key
 from ltx2trainer.jobs.models import ApiKeyRow
 from ltx2trainer.settings import Settings
@@ -75,7 +74,7 @@ def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
     app = create_app(settings, services=services)
     # These tests change jobs behind the gateway's back (as a worker would) and read them at once: no status
     # cache here (its 0.2 s of staleness is tested on its own below).
-    app.state.status_cache = StatusCache(0)
+    app.state.poll_cache.ttl_s = 0
     alice = create_key(services.db, "alice").token
     bob = create_key(services.db, "bob").token
     with TestClient(app) as client:
@@ -757,6 +756,7 @@ def test_status_polls_are_answered_from_a_short_cache(tmp_path: Path):
     services = Services(settings)
     app = create_app(settings, services=services)
     headers = auth(create_key(services.db, "alice").token)
+    bob = auth(create_key(services.db, "bob").token)
     with TestClient(app) as client:
         job = client.post("/v1/trainings", json={"training_data_url": "https://example.com/d.zip"},
                           headers=headers).json()
@@ -765,7 +765,18 @@ def test_status_polls_are_answered_from_a_short_cache(tmp_path: Path):
         assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["status"] == "queued"  # cached
         time.sleep(0.3)
         assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["status"] == "running"
+        # the cache never answers for another caller: another owner, or no valid key
+        assert client.get(f"/v1/trainings/{job['id']}", headers=bob).status_code == 404
+        assert client.get(f"/v1/trainings/{job['id']}", headers=auth("key_x:nope")).status_code == 401
+        assert client.get(f"/v1/trainings/{job['id']}").status_code == 401
+        # the queue protocol's status is cached the same way
+        fal_status = f"/fal-ai/ltx2-video-trainer/requests/{job['id']}/status"
+        assert client.get(fal_status, headers=headers).json()["status"] == "IN_PROGRESS"
+        assert client.get(fal_status, headers=bob).status_code == 404
         # a change made through this gateway is seen at once
         assert client.post(f"/v1/trainings/{job['id']}/cancel", headers=headers).status_code == 202
         assert client.get(f"/v1/trainings/{job['id']}", headers=headers).json()["cancel_requested"] is True
+        services.lifecycle.cancel(job["id"])
+        assert client.put(f"/fal-ai/ltx2-video-trainer/requests/{job['id']}/cancel", headers=headers).status_code == 400
+        assert client.get(fal_status, headers=headers).json()["status"] == "COMPLETED"
     services.db.engine.dispose()

@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import BigInteger, func, select
 
 from ltx2trainer.api import create_app
-from ltx2trainer.api.status_cache import StatusCache
 from ltx2trainer.jobs.keys import create_key
 from ltx2trainer.notify.billing import record_steps, set_spend_limit, to_nano, usd
 from ltx2trainer.notify.models import SettlementRow, UsageRecordRow
@@ -63,7 +62,7 @@ def billing(tmp_path: Path, database_url: str) -> Iterator[Billing]:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
     services = Services(settings)
     app = create_app(settings, services=services)
-    app.state.status_cache = StatusCache(0)  # jobs change behind the gateway's back: read them fresh
+    app.state.poll_cache.ttl_s = 0  # jobs change behind the gateway's back: read them fresh
     alice = create_key(services.db, "alice").token
     headers = lambda token: {"Authorization": f"Key {token}"}  # noqa: E731
     with TestClient(app) as client:

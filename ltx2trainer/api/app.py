@@ -15,15 +15,13 @@ from fastapi.responses import JSONResponse
 from ltx2trainer.api import routes_ops, routes_trainings, routes_usage
 from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.middleware import AccessLog, ThreadLimit
-from ltx2trainer.api.status_cache import StatusCache
+from ltx2trainer.api.status_cache import PollCache, PollCacheMiddleware
 from ltx2trainer.settings import Settings, check_secrets
 from ltx2trainer.wiring import Services
 
 log = logging.getLogger("ltx2trainer.api")
 AUTH_CACHE_TTL_S = 10.0
-# Short enough that a job's start shows within a fifth of a second; long enough that hundreds of clients
-# polling one job cost a handful of database reads a second.
-STATUS_CACHE_TTL_S = 0.2
+STATUS_POLL_PATHS = (r"/v1/trainings/([^/]+)", r"/.+/requests/([^/]+)/status")
 GATEWAY_THREADS = 8  # blocking work at once (= SQLite connections kept): enough for 2-8 cores
 
 
@@ -39,7 +37,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     )
     app.state.services = services
     app.state.auth_cache = TTLCache(AUTH_CACHE_TTL_S)
-    app.state.status_cache = StatusCache(STATUS_CACHE_TTL_S)
+    app.state.poll_cache = PollCache(settings.status_cache_ttl_s)
     app.state.metrics_registry = routes_ops.metrics_registry(services)
     app.include_router(routes_trainings.router)
     app.include_router(routes_usage.router)
@@ -55,5 +53,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         return JSONResponse({"detail": errors}, status_code=422)
 
     app.add_middleware(ThreadLimit, threads=GATEWAY_THREADS)
+    app.add_middleware(PollCacheMiddleware, cache=app.state.poll_cache, patterns=STATUS_POLL_PATHS)
     app.add_middleware(AccessLog)
     return app

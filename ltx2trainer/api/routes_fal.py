@@ -74,26 +74,16 @@ async def status_stream(app: str, request_id: str, request: Request, principal: 
 
 
 @router.get("/{app:path}/requests/{request_id}/status", summary="Queue status")
-async def status(app: str, request_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
-                 base_url: BaseUrlDep, logs: Annotated[str, Query()] = "0") -> Response:
-    # Clients poll this every 100 ms: served from the status cache, else one thread-pool hop (see get_training).
+def status(app: str, request_id: str, principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep,
+           logs: Annotated[str, Query()] = "0") -> Response:
+    # Clients poll this every 100 ms: repeated polls are answered by the poll cache (api/status_cache.py).
     _check_app(app, services)
-    with_logs = _flag(logs)
-
-    def compute() -> tuple[int, bytes] | None:
-        job = services.store.get(request_id, principal.owner)
-        if job is None:
-            return None
-        body = status_body(services, job, app, base_url, with_logs)
-        return (200 if body["status"] == "COMPLETED" else 202,
-                json.dumps(body, separators=(",", ":"), default=str).encode())
-
-    found = await request.app.state.status_cache.get(("fal", principal.owner, app, request_id, with_logs, base_url),
-                                                     compute)
-    if found is None:
+    job = services.store.get(request_id, principal.owner)
+    if job is None:
         raise HTTPException(404, detail=f"no request {request_id}", headers=_header(request_id))
-    code, body = found
-    return Response(body, status_code=code, media_type="application/json", headers=_header(request_id))
+    body = status_body(services, job, app, base_url, _flag(logs))
+    return Response(json.dumps(body, separators=(",", ":"), default=str), media_type="application/json",
+                    status_code=200 if body["status"] == "COMPLETED" else 202, headers=_header(request_id))
 
 
 @router.get("/{app:path}/requests/{request_id}", summary="Result: the output, or the error")
@@ -117,7 +107,7 @@ def cancel(app: str, request_id: str, request: Request, principal: PrincipalDep,
            services: ServicesDep) -> JSONResponse:
     _check_app(app, services)
     outcome = services.lifecycle.request_cancel(request_id, owner=principal.owner)
-    request.app.state.status_cache.forget(request_id)
+    request.app.state.poll_cache.forget(request_id)
     if outcome is CancelOutcome.NOT_FOUND:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404, headers=_header(request_id))
     if outcome is CancelOutcome.ALREADY_TERMINAL:

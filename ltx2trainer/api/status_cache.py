@@ -1,55 +1,107 @@
-"""A short-lived cache of status answers, so that many clients polling many times a second cost one
-database read per job and owner every `ttl_s`.
+"""A short-lived cache of status-poll responses, in front of the app, so that clients polling many times a
+second cost one database read per job and caller every `ttl_s` and almost nothing in between.
 
-Progress is written at most every 0.5 s anyway; the gateway uses a 0.2 s lifetime so that a job's start
-still shows at once.
-"Single flight": while one request computes an answer, others for the same key wait for it instead of
+Clients poll `GET /v1/trainings/{id}` and the queue protocol's `…/requests/{id}/status` in tight loops
+(fal-client polls every 100 ms). Such a poll, served by FastAPI, spends most of its time in routing and
+dependency resolution rather than in reading the job; replaying a finished response from memory skips all
+of it. Progress is written at most every 0.5 s anyway; the lifetime (`LTX2T_STATUS_CACHE_TTL_S`) is 0.2 s so that
+a job's start still shows at once, and a cancel through this gateway drops the job's entries immediately.
+
+Responses are keyed by everything that shapes them: path, query, the caller's `Authorization` header (one
+caller never sees another's answer) and the address the client used (it goes into the URLs in the body).
+Only 200 and 202 answers are kept; a 401 or 404 goes through the app every time.
+
+"Single flight": while one request computes an answer, others with the same key wait for it instead of
 reading the database too (without that, a burst of pollers all miss at once and the tail latency explodes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable, Hashable
-from typing import TypeVar
+from collections.abc import Iterable
 
-from starlette.concurrency import run_in_threadpool
-
-T = TypeVar("T")
-MAX_ENTRIES = 50_000
+MAX_ENTRIES = 10_000  # a few KiB each; live entries are far fewer (they last `ttl_s`)
+CACHEABLE_STATUS = (200, 202)
+Messages = tuple[dict, ...]
 
 
-class StatusCache:
+class PollCache:
+    """The cached responses (an ASGI response as its messages), by key, with the job each is about."""
+
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._entries: dict[Hashable, tuple[float, object]] = {}
-        self._inflight: dict[Hashable, asyncio.Future] = {}
+        self._entries: dict[tuple, tuple[float, str, Messages]] = {}
+        self.inflight: dict[tuple, asyncio.Future] = {}
 
     def forget(self, job_id: str) -> None:
         """Drop every answer about `job_id` (after this process changed it: a cancel is seen at once)."""
-        for key in [key for key in self._entries if isinstance(key, tuple) and job_id in key]:
+        for key in [key for key, entry in self._entries.items() if entry[1] == job_id]:
             self._entries.pop(key, None)
 
-    async def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        """The cached answer for `key`, or `compute()` run in the thread pool (once, however many wait)."""
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]  # type: ignore[return-value]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future = self._inflight[key] = asyncio.get_running_loop().create_future()
+    def fresh(self, key: tuple) -> Messages | None:
+        entry = self._entries.get(key)
+        return entry[2] if entry is not None and entry[0] > time.monotonic() else None
+
+    def store(self, key: tuple, job_id: str, messages: Messages) -> None:
+        now = time.monotonic()
+        if len(self._entries) >= MAX_ENTRIES:  # drop the expired answers; if all are live, start afresh
+            self._entries = {k: entry for k, entry in self._entries.items() if entry[0] > now}
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[key] = (now + self.ttl_s, job_id, messages)
+
+
+class PollCacheMiddleware:
+    """Serves status polls (GET on the paths matching `patterns`, whose first group is the job id) from a
+    `PollCache`."""
+
+    def __init__(self, app, cache: PollCache, patterns: Iterable[str]) -> None:
+        self.app = app
+        self.cache = cache
+        self.patterns = [re.compile(pattern) for pattern in patterns]
+
+    async def __call__(self, scope, receive, send) -> None:
+        job_id = self._poll_of(scope)
+        if job_id is None or self.cache.ttl_s <= 0:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        key = (scope["path"], scope["query_string"], headers.get(b"authorization"), headers.get(b"host"),
+               scope.get("scheme"), scope.get("root_path"))
+        cached = self.cache.fresh(key)
+        if cached is None and (pending := self.cache.inflight.get(key)) is not None:
+            cached = await asyncio.shield(pending)
+        if cached is not None:
+            for message in cached:
+                await send(message)
+            return
+        await self._compute(scope, receive, send, key, job_id)
+
+    async def _compute(self, scope, receive, send, key: tuple, job_id: str) -> None:
+        future = self.cache.inflight[key] = asyncio.get_running_loop().create_future()
+        messages: list[dict] = []
+
+        async def send_and_keep(message) -> None:
+            messages.append(message)
+            await send(message)
+
         try:
-            value = await run_in_threadpool(compute)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # marked as retrieved: no warning when nobody else was waiting
-            raise
+            await self.app(scope, receive, send_and_keep)
         finally:
-            self._inflight.pop(key, None)
-        future.set_result(value)
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic() + self.ttl_s, value)
-        return value
+            self.cache.inflight.pop(key, None)
+            complete = bool(messages) and messages[0].get("status") in CACHEABLE_STATUS \
+                and not messages[-1].get("more_body", False)
+            result = tuple(messages) if complete else None
+            if result is not None:
+                self.cache.store(key, job_id, result)
+            future.set_result(result)  # None: the waiters go to the app themselves
+
+    def _poll_of(self, scope) -> str | None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        for pattern in self.patterns:
+            if (match := pattern.fullmatch(scope["path"])) is not None:
+                return match.group(1)
+        return None
