@@ -194,3 +194,12 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def api(tmp_path, database_url):
+    """The gateway in process with two owners' keys (tests/api_harness.py), on SQLite and on PostgreSQL."""
+    from tests.api_harness import open_api
+
+    with open_api(tmp_path, database_url) as harness:
+        yield harness
