@@ -96,6 +96,7 @@ def site(tmp_path_factory):
         if outcome == "queued":
             return job.id
         lifecycle.start(job.id, "worker-1", lease_s=3600, max_attempts=3)
+        lifecycle.set_phase(job.id, "training")
         record_steps(services.db, job.id, list(range(1, done + 1)), PRICE)
         lifecycle.report_progress(job.id, {"step": done, "total_steps": steps, "loss": 0.0421, "eta_s": 95.0})
         if outcome == "succeeded":
@@ -147,7 +148,7 @@ def test_the_dashboard_shows_spend_price_history_and_live_progress(site):
         "succeeded": ("succeeded", "9.6000"), "cancelled": ("cancelled", "0.6576"),
         "failed": ("failed", "0.0000"), "running": ("running", "1.2000"), "queued": ("queued", "0.0000")}
     [running] = page.texts("running-job")
-    assert "step 250/1000" in running and "$1.2000" in running and "loss 0.0421" in running
+    assert "training" in running and "step 250/1000" in running and "$1.2000" in running and "loss 0.0421" in running
     [chart] = page.attributes("spend-chart")
     rows_text = " ".join(page.texts("training-row"))
     assert "2000/2000" in rows_text and "137/500" in rows_text

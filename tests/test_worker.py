@@ -5,8 +5,12 @@ Jobs run in this process through `execute_job` (what the Celery task calls), on 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -152,12 +156,14 @@ def test_storage_outage_requeues_the_job_for_a_retry(tmp_path, dataset_url):
     assert any("platform error" in line["message"] for line in services.store.last_logs(job_id, 50))
 
 
-def test_the_embedded_broker_keeps_all_its_state_in_the_data_dir(tmp_path, monkeypatch):
+def test_the_embedded_broker_keeps_all_its_state_in_the_data_dir(tmp_path):
     # kombu's filesystem transport would otherwise write its exchange tables to ./control, wherever the
-    # gateway or worker happens to be started
-    monkeypatch.chdir(tmp_path)
-    services = Services(Settings(data_dir=tmp_path / "data"))
-    services.queue.enqueue("job-1")
+    # gateway or worker happens to be started. A fresh process: kombu declares an exchange once per process.
+    script = ("from pathlib import Path; from ltx2trainer.settings import Settings; "
+              "from ltx2trainer.wiring import Services; "
+              "Services(Settings(data_dir=Path('data'))).queue.enqueue('job-1')")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, timeout=120)
     broker = tmp_path / "data" / "broker"
     assert len(list((broker / "queue").iterdir())) == 1
     assert (broker / "control" / "trainings.exchange").is_file()
