@@ -1,5 +1,5 @@
-"""A small thread-safe TTL cache for hot reads (API key checks), so status polling does not hit the
-database twice per request. A revoked key stops working within `ttl_s`."""
+"""A small thread-safe TTL cache for hot reads: API key checks (a revoked key stops working within `ttl_s`)
+and, through `PollCache` (api/status_cache.py), whole status-poll responses."""
 
 from __future__ import annotations
 
@@ -27,17 +27,29 @@ class TTLCache(Generic[V]):
                 return hit[1]
         value = loader(key)
         if value is not None:
-            with self._lock:
+            self.put(key, value)
+        return value
+
+    def put(self, key: Hashable, value: V) -> None:
+        """Keep `value` for `ttl_s`. When full, the expired entries go first; if all are live, all of them."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries = {k: entry for k, entry in self._entries.items() if entry[0] > now}
                 if len(self._entries) >= self.max_entries:
                     self._entries.clear()
-                self._entries[key] = (now + self.ttl_s, value)
-        return value
+            self._entries[key] = (now + self.ttl_s, value)
 
     def peek(self, key: Hashable) -> V | None:
         """The cached value if fresh, without loading (safe to call on the event loop)."""
         with self._lock:
             hit = self._entries.get(key)
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def discard(self, predicate: Callable[[V], bool]) -> None:
+        """Drop every entry whose value satisfies `predicate`."""
+        with self._lock:
+            self._entries = {k: entry for k, entry in self._entries.items() if not predicate(entry[1])}
 
     def clear(self) -> None:
         with self._lock:

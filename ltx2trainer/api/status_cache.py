@@ -2,9 +2,9 @@
 second cost one database read per job and caller every `ttl_s` and almost nothing in between.
 
 Clients poll `GET /v1/trainings/{id}` and the queue protocol's `…/requests/{id}/status` in tight loops
-(fal-client polls every 100 ms). Such a poll, served by FastAPI, spends most of its time in routing and
-dependency resolution rather than in reading the job; replaying a finished response from memory skips all
-of it. Progress is written at most every 0.5 s anyway; the lifetime (`LTX2T_STATUS_CACHE_TTL_S`) is 0.2 s so that
+(fal-client polls every 100 ms). Answering one means a database read or two through SQLAlchemy (most of
+its cost: a few hundred microseconds), rendering, and FastAPI's routing; replaying a finished response from
+memory skips all of it (bench/api.py measures both). Progress is written at most every 0.5 s anyway; the lifetime (`LTX2T_STATUS_CACHE_TTL_S`) is 0.2 s so that
 a job's start still shows at once, and a cancel through this gateway drops the job's entries immediately.
 
 Responses are keyed by everything that shapes them: path, query, the caller's `Authorization` header (one
@@ -19,38 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Iterable
+
+from ltx2trainer.api.cache import TTLCache
 
 MAX_ENTRIES = 10_000  # a few KiB each; live entries are far fewer (they last `ttl_s`)
 CACHEABLE_STATUS = (200, 202)
 Messages = tuple[dict, ...]
 
 
-class PollCache:
-    """The cached responses (an ASGI response as its messages), by key, with the job each is about."""
+class PollCache(TTLCache[tuple[str, Messages]]):
+    """Cached responses (an ASGI response as its messages) by key, each with the job it is about; and the
+    computations in flight, by key."""
 
     def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._entries: dict[tuple, tuple[float, str, Messages]] = {}
+        super().__init__(ttl_s, MAX_ENTRIES)
         self.inflight: dict[tuple, asyncio.Future] = {}
 
     def forget(self, job_id: str) -> None:
         """Drop every answer about `job_id` (after this process changed it: a cancel is seen at once)."""
-        for key in [key for key, entry in self._entries.items() if entry[1] == job_id]:
-            self._entries.pop(key, None)
-
-    def fresh(self, key: tuple) -> Messages | None:
-        entry = self._entries.get(key)
-        return entry[2] if entry is not None and entry[0] > time.monotonic() else None
-
-    def store(self, key: tuple, job_id: str, messages: Messages) -> None:
-        now = time.monotonic()
-        if len(self._entries) >= MAX_ENTRIES:  # drop the expired answers; if all are live, start afresh
-            self._entries = {k: entry for k, entry in self._entries.items() if entry[0] > now}
-            if len(self._entries) >= MAX_ENTRIES:
-                self._entries.clear()
-        self._entries[key] = (now + self.ttl_s, job_id, messages)
+        self.discard(lambda entry: entry[0] == job_id)
 
 
 class PollCacheMiddleware:
@@ -70,7 +58,8 @@ class PollCacheMiddleware:
         headers = dict(scope["headers"])
         key = (scope["path"], scope["query_string"], headers.get(b"authorization"), headers.get(b"host"),
                scope.get("scheme"), scope.get("root_path"))
-        cached = self.cache.fresh(key)
+        hit = self.cache.peek(key)
+        cached = hit[1] if hit is not None else None
         if cached is None and (pending := self.cache.inflight.get(key)) is not None:
             cached = await asyncio.shield(pending)
         if cached is not None:
@@ -95,7 +84,7 @@ class PollCacheMiddleware:
                 and not messages[-1].get("more_body", False)
             result = tuple(messages) if complete else None
             if result is not None:
-                self.cache.store(key, job_id, result)
+                self.cache.put(key, (job_id, result))
             future.set_result(result)  # None: the waiters go to the app themselves
 
     def _poll_of(self, scope) -> str | None:
