@@ -32,3 +32,11 @@ class InfraError(LTX2TrainerError):
 
 class JobCancelled(LTX2TrainerError):
     """The user asked to stop; raised from a cancel check and unwound cleanly."""
+
+
+class ModelError(UserInputError):
+    """The configured base model cannot be used: not an LTX-2 checkpoint, truncated, or a text encoder that
+    does not fit it. Found before any download or encode; the job fails with `model_error` and costs nothing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="model_error")

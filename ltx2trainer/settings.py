@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/ltx2trainer.db.")
     broker_url: str = Field("", description="Celery broker; default kombu's filesystem transport (no server).")
     storage_url: str = Field("", description="file://<dir> or s3://bucket/prefix; default file://<data_dir>/storage.")
-    model: str = Field("tiny", description="'tiny' (random-weight LTX-2 for CPU) or a path / hub id of weights.")
+    model: str = Field("tiny", description="'tiny' or 'tiny-2.3' (random-weight LTX-2 for CPU), an official "
+                       "single-file checkpoint (.safetensors), or a diffusers-format folder / hub id.")
+    text_encoder: str = Field("", description="Gemma-3 folder paired with an official single-file checkpoint.")
     price_per_step: Decimal = Field(Decimal("0.0048"), ge=0, description="USD charged per training step.")
 
     # --- fetching training data ---

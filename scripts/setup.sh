@@ -26,6 +26,10 @@ if [ ! -f "$stamp" ]; then
   # (e.g. TORCH_SPEC="torch==2.13.0+cu128 --index-url ..." on a GPU machine).
   .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
   .venv/bin/python -m pip install -q -e '.[worker,dev]'
+  # Lightricks' reference implementation, for the tests that check our loading of official checkpoints
+  # and our LoRA files against it. It pins torch~=2.7 and torchaudio (unusable with this torch build), so
+  # it goes in without its dependencies; what it needs beyond ours (einops, scipy) is in the dev extra.
+  .venv/bin/python -m pip install -q --no-deps ltx-core==1.0.0
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

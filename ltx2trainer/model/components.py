@@ -18,6 +18,8 @@ import torch
 from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 from diffusers.models.transformers.transformer_ltx2 import LTX2PerturbedAttnProcessor
 
+from ltx2trainer.model.identity import BaseModelInfo, describe_model
+
 log = logging.getLogger(__name__)
 
 EXTRA_CONFIG_NAME = "ltx2trainer.json"  # what diffusers' model_index.json has no place for
@@ -42,6 +44,12 @@ class ModelComponents:
     max_sequence_length: int = REAL_MAX_SEQUENCE_LENGTH
     stg_blocks: list[int] = field(default_factory=lambda: list(REAL_STG_BLOCKS))
     inference_steps: int = REAL_INFERENCE_STEPS  # denoising steps for validation samples
+    base: BaseModelInfo | None = None  # which base model these are (family, version, file identity)
+
+    @property
+    def version(self) -> str:
+        """ "2.0" or "2.3": which LTX-2 these components are (decides the sampler settings)."""
+        return self.base.version if self.base is not None else "2.0"
 
     def pipeline(self, image_to_video: bool = False) -> LTX2Pipeline:
         """A diffusers pipeline over these components (no copies: the same modules)."""
@@ -113,6 +121,7 @@ def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32) -
         max_sequence_length=extra.get("max_sequence_length", REAL_MAX_SEQUENCE_LENGTH),
         stg_blocks=extra.get("stg_blocks", list(REAL_STG_BLOCKS)),
         inference_steps=extra.get("inference_steps", REAL_INFERENCE_STEPS),
+        base=describe_model(str(source)),
     )
     enable_perturbed_attention(components.transformer)
     # Decoding 89 frames at 960² in one piece needs tens of GB; tiles keep validation within a GPU's memory

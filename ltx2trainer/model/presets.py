@@ -1,12 +1,12 @@
-"""Choose the model by name: `tiny` (built locally, CPU-friendly) or a path / hub id of real weights."""
+"""Choose the model by name: `tiny` / `tiny-2.3` (built locally, CPU-friendly), an official single-file
+checkpoint with its Gemma folder, or a diffusers-format folder / hub id of real weights."""
 
 from __future__ import annotations
 
 import torch
 
 from ltx2trainer.model.components import ModelComponents, load_components
-
-TINY = "tiny"
+from ltx2trainer.model.identity import TINY, TINY_23, describe_model
 
 
 def default_device() -> torch.device:
@@ -19,11 +19,23 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_model(name: str, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
-               seed: int = 0) -> ModelComponents:
-    """The components of preset `name` on `device`. The tiny preset is always fp32 and seeded by `seed`."""
+               seed: int = 0, text_encoder: str | None = None) -> ModelComponents:
+    """The components of `name` on `device`. The tiny presets are always fp32 and seeded by `seed`.
+
+    `text_encoder` is the Gemma-3 folder an official single-file checkpoint needs. Raises `ModelError`
+    (before loading anything) when `name` is not a usable LTX-2 model.
+    """
     device = device or default_device()
-    if name == TINY:
+    info = describe_model(name, text_encoder)
+    if name in (TINY, TINY_23):
         from ltx2trainer.model.tiny import build_tiny_components
 
-        return build_tiny_components(seed).to(device)
-    return load_components(name, dtype=dtype or default_dtype(device)).to(device)
+        components = build_tiny_components(seed, version=info.version).to(device)
+    elif info.format == "official":
+        from ltx2trainer.model.official.load import load_official
+
+        components = load_official(info, device=device, dtype=dtype or default_dtype(device))
+    else:
+        components = load_components(name, dtype=dtype or default_dtype(device)).to(device)
+    components.base = info
+    return components

@@ -1,4 +1,5 @@
-"""The `tiny` preset: diffusers' real LTX-2 classes at tiny width, random seeded weights, real topology.
+"""The `tiny` and `tiny-2.3` presets: diffusers' real LTX-2 classes at tiny width, random seeded weights,
+real topology of LTX-2.0 and LTX-2.3.
 
 It keeps everything that shapes data and code paths: 32× spatial / 8× temporal video compression with a
 causal encoder, 4× audio compression over 64 mel bins at 16 kHz with 128-wide audio tokens, left-padded
@@ -10,6 +11,11 @@ The configuration follows `reference/A_diffusers_ltx2.md` §3 and its dimension 
 width == Gemma width == transformer caption channels, audio VAE base channels == latent channels × mel
 bins / 4, 3-level audio VAE so its compression is 4×), with the audio latent widened to LTX-2's 8
 channels so that audio tokens are 128 wide as in the real model.
+
+`tiny-2.3` switches on what LTX-2.3 changes, so those code paths run everywhere the tiny preset does:
+gated attention in the transformer and the connectors, prompt AdaLN (timestep-modulated cross-attention),
+the caption projection moved in front of the connectors (one per modality, with bias, so the connectors
+run at the video and audio widths), and a vocoder with bandwidth extension to 48 kHz.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from diffusers import (
     LTX2VideoTransformer3DModel,
 )
 from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     Gemma3Config,
@@ -32,6 +39,7 @@ from transformers import (
 )
 
 from ltx2trainer.model.components import ModelComponents
+from ltx2trainer.model.identity import TINY, TINY_23
 
 TINY_TEXT_WIDTH = 32  # Gemma hidden size = connector width = transformer caption channels
 TINY_GEMMA_LAYERS = 2  # the connectors read all hidden states: embeddings + 2 layers = 3
@@ -55,8 +63,11 @@ animation cartoon portrait landscape aerial drone footage slow fast moving backg
 """.split()
 
 
-def build_tiny_components(seed: int = 0) -> ModelComponents:
-    """Build the tiny preset deterministically: the same seed gives bit-identical weights."""
+def build_tiny_components(seed: int = 0, version: str = "2.0") -> ModelComponents:
+    """Build the tiny preset of LTX-`version` deterministically: the same seed gives bit-identical weights."""
+    if version not in ("2.0", "2.3"):
+        raise ValueError(f"no tiny preset for LTX-{version}")
+    v23 = version == "2.3"
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -82,9 +93,12 @@ def build_tiny_components(seed: int = 0) -> ModelComponents:
             caption_channels=TINY_TEXT_WIDTH, text_proj_in_factor=TINY_GEMMA_LAYERS + 1,
             video_connector_num_attention_heads=2, video_connector_attention_head_dim=16,
             video_connector_num_layers=1, video_connector_num_learnable_registers=8,
-            audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=16,
+            audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=8 if v23 else 16,
             audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
             connector_rope_base_seq_len=TINY_MAX_SEQUENCE_LENGTH, rope_double_precision=True, rope_type="split",
+            # 2.3: per-modality projections to the transformer's widths (video 2×16, audio 2×8), gated attention.
+            per_modality_projections=v23, video_hidden_dim=32, audio_hidden_dim=16, proj_bias=v23,
+            video_gated_attn=v23, audio_gated_attn=v23,
         )
         vae = AutoencoderKLLTX2Video(
             latent_channels=8, block_out_channels=(16, 32, 64, 64), decoder_block_out_channels=(16, 32, 64),
@@ -106,17 +120,31 @@ def build_tiny_components(seed: int = 0) -> ModelComponents:
             latent_channels=8, norm_type="pixel", causality_axis="height", sample_rate=16_000,
             mel_hop_length=160, is_causal=True, mel_bins=64, double_z=True,
         )
-        vocoder = LTX2Vocoder(
-            in_channels=128, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[12, 10, 16],
-            upsample_factors=[6, 5, 8], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
-            output_sampling_rate=24_000,
-        )
+        if v23:
+            # 16 kHz from the mel frames (100/s: 8·5·4 = 160×), then bandwidth extension to 48 kHz from a mel
+            # spectrogram of that (hop 80: 200/s, 6·5·8 = 240×).
+            vocoder = LTX2VocoderWithBWE(
+                in_channels=128, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[16, 11, 8],
+                upsample_factors=[8, 5, 4], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                bwe_in_channels=128, bwe_hidden_channels=32, bwe_out_channels=2,
+                bwe_upsample_kernel_sizes=[12, 11, 16], bwe_upsample_factors=[6, 5, 8], bwe_resnet_kernel_sizes=[3],
+                bwe_resnet_dilations=[[1, 3, 5]], num_mel_channels=64, input_sampling_rate=16_000,
+                output_sampling_rate=48_000,
+            )
+        else:
+            vocoder = LTX2Vocoder(
+                in_channels=128, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[12, 10, 16],
+                upsample_factors=[6, 5, 8], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                output_sampling_rate=24_000,
+            )
         transformer = LTX2VideoTransformer3DModel(
             in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
             audio_in_channels=128, audio_out_channels=128, audio_num_attention_heads=2, audio_attention_head_dim=8,
             audio_cross_attention_dim=16, num_layers=2, caption_channels=TINY_TEXT_WIDTH, rope_type="split",
             rope_double_precision=True, vae_scale_factors=(8, 32, 32), audio_scale_factor=4,
             timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000, perturbed_attn=True,
+            gated_attn=v23, audio_gated_attn=v23, cross_attn_mod=v23, audio_cross_attn_mod=v23,
+            use_prompt_embeddings=not v23,
         )
     finally:
         torch.random.set_rng_state(generator_state)
@@ -126,7 +154,7 @@ def build_tiny_components(seed: int = 0) -> ModelComponents:
     )
     return ModelComponents(
         tokenizer=tokenizer, text_encoder=text_encoder, connectors=connectors, vae=vae, audio_vae=audio_vae,
-        vocoder=vocoder, transformer=transformer, scheduler=scheduler, name="tiny",
+        vocoder=vocoder, transformer=transformer, scheduler=scheduler, name=TINY_23 if v23 else TINY,
         max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, stg_blocks=[1], inference_steps=TINY_INFERENCE_STEPS,
     )
 
