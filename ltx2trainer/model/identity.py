@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ltx2trainer.errors import ModelError
+from ltx2trainer.model.official.configs import gemma_width_and_layers
 
 FAMILY = "ltx-2"
 TINY = "tiny"
@@ -152,9 +153,32 @@ def _describe_official_file(path: Path, text_encoder: str | None) -> BaseModelIn
     if not (gemma / "config.json").is_file():
         raise ModelError(f"text encoder folder {gemma} has no config.json: it must be a Gemma-3 folder "
                          "(config.json, weights and tokenizer files)")
+    shapes = {name: entry["shape"] for name, entry in header.items()}
+    check_text_encoder(gemma, shapes, config, version, path.name)
     return BaseModelInfo(FAMILY, version, "official", str(path), file_name=path.name, size_bytes=path.stat().st_size,
                          header_sha256=hashlib.sha256(raw).hexdigest(), quantization="fp8" if fp8 else None,
                          text_encoder=str(gemma))
+
+
+def check_text_encoder(folder: Path, shapes: dict[str, list[int]], config: dict[str, Any], version: str,
+                       file_name: str) -> None:
+    """Refuse a Gemma folder whose width or depth does not fit the checkpoint's text projection."""
+    config_file = folder / "config.json"
+    try:
+        gemma = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"text encoder {folder}: cannot read config.json ({exc})") from None
+    text = gemma.get("text_config", gemma)
+    width, layers = text.get("hidden_size"), text.get("num_hidden_layers")
+    if not isinstance(width, int) or not isinstance(layers, int):
+        raise ModelError(f"text encoder {folder}: config.json has no hidden_size/num_hidden_layers; "
+                         "it must be a Gemma-3 model folder")
+    need_width, need_states = gemma_width_and_layers(shapes, config, version, file_name)
+    if (width, layers + 1) != (need_width, need_states):
+        raise ModelError(
+            f"text encoder {folder} does not fit {file_name}: it is {width} wide with {layers} layers, the "
+            f"checkpoint's text connectors need {need_width} wide with {need_states - 1} layers "
+            f"(Gemma-3-12B for the released LTX-2 files)")
 
 
 def _describe_diffusers_folder(path: Path) -> BaseModelInfo:

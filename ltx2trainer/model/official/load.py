@@ -1,7 +1,8 @@
 """Load an official single-file LTX-2 checkpoint (2.0 or 2.3) plus a Gemma-3 folder into diffusers' classes.
 
     header → version, configs, a plan for every tensor (checked: none missing, unexpected or misshapen)
-    → the text encoder checked against the connectors → empty modules → tensors streamed one at a time
+    → empty modules → tensors streamed one at a time → the Gemma folder (already checked to fit the
+    connectors by `describe_model`)
 
 Nothing is read from the tensor data until the whole plan checks out, so a wrong or damaged file fails in
 well under a second with a message that names the problem. Tensors are then read one at a time with
@@ -16,7 +17,6 @@ training does not use; they are accounted for and skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,7 +39,15 @@ from safetensors import safe_open
 from ltx2trainer.errors import ModelError
 from ltx2trainer.model.identity import BaseModelInfo, official_config, read_safetensors_header
 from ltx2trainer.model.official import configs
-from ltx2trainer.model.official.keys import AUDIO_VAE, CONNECTORS, FP8_SCALE_SUFFIX, TRANSFORMER, VAE, VOCODER, KeyRouter
+from ltx2trainer.model.official.keys import (
+    AUDIO_VAE,
+    CONNECTORS,
+    FP8_SCALE_SUFFIX,
+    TRANSFORMER,
+    VAE,
+    VOCODER,
+    KeyRouter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +157,8 @@ def stream_tensors(path: Path, plan: LoadPlan, modules: dict[str, torch.nn.Modul
             if list(tensor.shape) != expected:
                 tensor = tensor.t()  # scaled-fp8 weights can be stored in matmul (in, out) layout
             target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
-            set_module_tensor_to_device(module, key, device, value=tensor.to(target_dtype))
+            # dtype given explicitly: otherwise accelerate casts to the meta tensor's dtype (float32).
+            set_module_tensor_to_device(module, key, device, value=tensor, dtype=target_dtype)
             per_component[component] += 1
             del tensor
     for component, module in modules.items():
@@ -163,27 +172,6 @@ def _expected_shape(module: torch.nn.Module, key: str) -> list[int]:
     owner_name, _, attr = key.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     return list(getattr(owner, attr).shape)
-
-
-def check_text_encoder(folder: Path, shapes: configs.Shapes, config: dict[str, Any], version: str,
-                       file_name: str) -> None:
-    """Refuse a Gemma folder whose width or depth does not fit the checkpoint's text projection."""
-    config_file = folder / "config.json"
-    try:
-        gemma = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"text encoder {folder}: cannot read config.json ({exc})") from None
-    text = gemma.get("text_config", gemma)
-    width, layers = text.get("hidden_size"), text.get("num_hidden_layers")
-    if not isinstance(width, int) or not isinstance(layers, int):
-        raise ModelError(f"text encoder {folder}: config.json has no hidden_size/num_hidden_layers; "
-                         "it must be a Gemma-3 model folder")
-    need_width, need_states = configs.gemma_width_and_layers(shapes, config, version, file_name)
-    if (width, layers + 1) != (need_width, need_states):
-        raise ModelError(
-            f"text encoder {folder} does not fit {file_name}: it is {width} wide with {layers} layers, the "
-            f"checkpoint's text connectors need {need_width} wide with {need_states - 1} layers "
-            f"(Gemma-3-12B for the released LTX-2 files)")
 
 
 def load_text_encoder(folder: Path, *, device: torch.device, dtype: torch.dtype):
@@ -216,7 +204,6 @@ def load_official(info: BaseModelInfo, *, device: torch.device, dtype: torch.dty
     header, metadata, _ = read_safetensors_header(path)
     config = official_config(metadata, path.name)
     shapes = {name: entry["shape"] for name, entry in header.items()}
-    check_text_encoder(Path(info.text_encoder), shapes, config, info.version, path.name)
     modules = build_empty_modules(shapes, config, info.version, path.name)
     plan = plan_load(header, config, modules, path.name)
     report = stream_tensors(path, plan, modules, device=device, dtype=dtype)
