@@ -123,3 +123,34 @@ def _metadata(path) -> str:
 
     with safe_open(str(path), framework="pt") as f:
         return f.metadata()["config"]
+
+
+@pytest.mark.slow
+def test_the_service_trains_on_an_official_checkpoint(setup, tmp_path):
+    """A worker configured with LTX2T_MODEL / LTX2T_TEXT_ENCODER runs a job on an LTX-2.3 single file."""
+    from ltx2trainer.jobs.models import JobStatus
+    from ltx2trainer.schemas import TrainingInput
+    from ltx2trainer.settings import Settings
+    from ltx2trainer.wiring import Services
+    from ltx2trainer.worker.runner import execute_job
+    from tests.live_service import FAST_JOB, tiny_dataset_url
+
+    root, gemma = setup
+    checkpoint = write_tiny_official_checkpoint(tmp_path / "ltx-2.3-tiny.safetensors", "2.3", seed=6)
+    services = Services(Settings(data_dir=tmp_path / "data", allow_private_urls=True, prepare_workers=1,
+                                 model=str(checkpoint), text_encoder=str(gemma)))
+    body = TrainingInput.model_validate({**FAST_JOB, "training_data_url": tiny_dataset_url(tmp_path / "media")})
+    job, _ = services.lifecycle.submit("alice", body.model_dump(mode="json"))
+    assert execute_job(job.id, services.settings, worker_id="w1", services=services) == "succeeded"
+    job = services.store.get(job.id)
+    assert job.status == JobStatus.SUCCEEDED
+    logs = [line["message"] for line in services.store.last_logs(job.id, 100)]
+    assert f"base model: ltx-2 2.3 (official: {checkpoint.name})" in logs
+    with services.storage.open(job.output["config_file"]["key"]) as handle:
+        base = json.load(handle)["base_model"]
+    assert (base["version"], base["format"], base["file_name"]) == ("2.3", "official", checkpoint.name)
+    with services.storage.open(job.output["lora_comfyui_file"]["key"]) as handle:
+        lora_file = tmp_path / "lora_comfyui.safetensors"
+        lora_file.write_bytes(handle.read())
+    _, matched, total = fuse_lora_ltxcore(checkpoint, lora_file)
+    assert matched == total > 0
