@@ -141,3 +141,43 @@ def test_every_tensor_is_accounted_for(pair):
     assert len(unused) == 3
     assert ours_count == len(file_keys) - len(unused)
     assert json.loads(json.dumps(reference.config))  # the config round-trips as the file stores it
+
+
+def test_fp8_checkpoint_is_upcast_with_its_scales(tmp_path, gemma_dir):
+    """An fp8 file (float8 weights with per-tensor `.weight_scale`) loads with the weights ltx-core means."""
+    from safetensors import safe_open
+
+    path = write_tiny_official_checkpoint(tmp_path / "ltx-2-tiny-fp8.safetensors", "2.0", seed=4, fp8=True)
+    ours = load_model(str(path), device=CPU, dtype=torch.float32, text_encoder=str(gemma_dir))
+    assert ours.base.quantization == "fp8"
+    reference = ltxcore_components(path)  # ltx-core's fp8_scaled_mm layout: weights transposed to [in, out]
+    checked = 0
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            if not name.endswith(".weight_scale"):
+                continue
+            module = name[len("model.diffusion_model."):-len(".weight_scale")]
+            layer = reference.transformer.get_submodule(module)
+            ltx_weight = layer.weight.t().float() * layer.weight_scale.float()
+            our_weight = ours.transformer.get_submodule(module.replace("q_norm", "norm_q")).weight
+            assert f.get_tensor(module.join(("model.diffusion_model.", ".weight"))).dtype == torch.float8_e4m3fn
+            assert torch.equal(our_weight, ltx_weight), module
+            checked += 1
+    assert checked > 20
+
+
+def test_every_transformer_module_has_its_official_name(pair):
+    """LoRA files name modules the official way: each diffusers module path maps onto an ltx-core module
+    (the LoRA targets are unchanged; the renamed ones, e.g. time_embed → adaln_single, map back)."""
+    from ltx2trainer.model.official.keys import official_module_name
+
+    ours, reference = pair
+    official = dict(reference.transformer.named_modules())
+    renamed = 0
+    for name, module in ours.transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        mapped = official_module_name(name)
+        assert mapped in official and official[mapped].weight.shape == module.weight.shape, name
+        renamed += mapped != name
+    assert renamed > 10  # time_embed, proj_in, av_cross_attn_* … really were renamed

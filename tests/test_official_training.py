@@ -61,6 +61,7 @@ def test_train_on_official_checkpoint_records_its_base(trained):
     assert (base["family"], base["version"], base["format"]) == ("ltx-2", version, "official")
     assert base["file_name"] == checkpoint.name and base["size_bytes"] == checkpoint.stat().st_size
     assert len(base["header_sha256"]) == 64
+    assert base["source"] == checkpoint.name and base["text_encoder"] == "gemma"  # no server paths
     facts = video_facts(out / "validation.mp4")
     assert facts["frames"] == 9 * 4 and facts["audio_streams"] == 1
 

@@ -52,7 +52,14 @@ class BaseModelInfo:
     text_encoder: str | None = None  # the Gemma folder an official file is paired with
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What outputs and /health record: names, never the server's paths (`source` and `text_encoder` are
+        local paths for files and folders; users see the file or folder name)."""
+        record = asdict(self)
+        if self.file_name is not None:
+            record["source"] = self.file_name
+        if self.text_encoder is not None:
+            record["text_encoder"] = Path(self.text_encoder).name
+        return record
 
     def label(self) -> str:
         """One line for logs and /health: `ltx-2 2.3 (official: ltx-2.3-22b-dev.safetensors)`."""
