@@ -1,4 +1,5 @@
-"""Training under `accelerate launch` with two CPU processes (DDP over gloo) gives a valid, learning LoRA."""
+"""Training under `accelerate launch` with two CPU processes (DDP over gloo) gives a valid, learning LoRA
+(exported in fp32 here, as `--lora-dtype fp32` asks)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import LTX2Pipeline
+from safetensors.torch import load_file
 
 from ltx2trainer.model.tiny import build_tiny_components
 from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
@@ -33,7 +36,7 @@ def test_two_cpu_processes_train_a_valid_lora_with_falling_loss(tmp_path):
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                "-m", "ltx2trainer.cli", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "out"),
                "--number-of-steps", "100", "--rank", "8", "--learning-rate", "0.002",
-               "--first-frame-conditioning-p", "0"]
+               "--first-frame-conditioning-p", "0", "--lora-dtype", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -42,6 +45,9 @@ def test_two_cpu_processes_train_a_valid_lora_with_falling_loss(tmp_path):
     training = config["training"]
     assert training["processes"] == 2 and training["steps"] == 100
     assert training["loss_last_10"] < 0.8 * training["loss_first_10"], training
+    assert config["lora"]["dtype"] == "fp32"  # as asked (bf16 is the default)
+    for name in ("lora.safetensors", "lora_comfyui.safetensors"):
+        assert {t.dtype for t in load_file(str(tmp_path / "out" / name)).values()} == {torch.float32}, name
 
     base = tmp_path / "base"
     build_tiny_components(0).save(base)

@@ -1,4 +1,9 @@
-"""Export a trained LoRA: the diffusers-layout file, the ComfyUI/original-layout file, and config.json."""
+"""Export a trained LoRA: the diffusers-layout file, the ComfyUI/original-layout file, and config.json.
+
+Before anything is written the adapter is checked (`check_lora_state`): NaN/Inf values (training diverged)
+or all-zero B matrices (nothing learned) fail with a `UserInputError` instead of shipping a broken adapter.
+Both files and config.json record the base model's identity (`BaseModelInfo`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,15 @@ from typing import Any
 
 import torch
 
-from ltx2trainer.model.lora import LORA_TARGET_MODULES, save_lora_diffusers, save_lora_original
+from ltx2trainer.model.identity import BaseModelInfo
+from ltx2trainer.model.lora import (
+    DEFAULT_LORA_DTYPE,
+    LORA_TARGET_MODULES,
+    cast_lora_state,
+    check_lora_state,
+    save_lora_diffusers,
+    save_lora_original,
+)
 from ltx2trainer.schemas import TrainingInput
 
 CONFIG_NAME = "config.json"
@@ -30,19 +43,26 @@ def export_lora(
     lora_state: dict[str, torch.Tensor],
     training_input: TrainingInput,
     *,
-    base_model: str,
+    base_model: BaseModelInfo,
+    lora_dtype: str = DEFAULT_LORA_DTYPE,
+    steps: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ExportedLora:
-    """Write the two LoRA files and `config.json` (trigger phrase, effective input, model, LoRA, versions)."""
+    """Write the two LoRA files (in `lora_dtype`, "bf16" or "fp32") and `config.json` (trigger phrase,
+    effective input, base model, LoRA, versions). Raises `UserInputError` (`training_diverged`,
+    `lora_empty`) for an adapter not worth shipping; then nothing is written."""
+    shipped = cast_lora_state(lora_state, lora_dtype)
+    check_lora_state(shipped, learning_rate=training_input.learning_rate, steps=steps)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lora_file = save_lora_diffusers(out_dir, lora_state, training_input.rank)
-    comfyui_file = save_lora_original(out_dir, lora_state)
+    lora_file = save_lora_diffusers(out_dir, shipped, training_input.rank, base=base_model)
+    comfyui_file = save_lora_original(out_dir, shipped, base=base_model)
     config = {
         "trigger_phrase": training_input.trigger_phrase,
-        "base_model": base_model,
+        "base_model": base_model.as_dict(),
         "lora": {
             "rank": training_input.rank,
             "alpha": training_input.rank,
+            "dtype": lora_dtype,
             "target_modules": LORA_TARGET_MODULES,
             "files": {"diffusers": lora_file.name, "comfyui": comfyui_file.name},
         },

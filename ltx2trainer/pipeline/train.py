@@ -20,6 +20,8 @@ import torch
 from accelerate import Accelerator
 
 from ltx2trainer.errors import JobCancelled
+from ltx2trainer.model.identity import describe_model
+from ltx2trainer.model.lora import check_lora_state
 from ltx2trainer.model.presets import load_model
 from ltx2trainer.pipeline.encode import cache_dir_for, encode_dataset, silence_latents
 from ltx2trainer.pipeline.export import ExportedLora, export_lora
@@ -87,6 +89,8 @@ def run_training(
     training_input: TrainingInput,
     *,
     model: str = "tiny",
+    text_encoder: str | None = None,
+    lora_dtype: str = "bf16",
     work_dir: Path | None = None,
     validation_images: list[Path | None] | None = None,
     accelerator: Accelerator | None = None,
@@ -98,7 +102,10 @@ def run_training(
 ) -> TrainingRunResult:
     """Train a LoRA on the processed dataset in `dataset_dir`; outputs go to `out_dir`.
 
-    `work_dir` holds the latent cache and checkpoints (default `out_dir/.work`); reusing it resumes.
+    `model` is a preset, an official single file (with its Gemma folder `text_encoder`) or a diffusers folder /
+    hub id; a bad one raises `ModelError` before anything is encoded. The LoRA files are written in
+    `lora_dtype` ("bf16" or "fp32"). `work_dir` holds the latent cache and checkpoints (default
+    `out_dir/.work`); reusing it resumes.
     `on_validation(step, clip paths)` is called after each validation round.
     """
     started = time.perf_counter()
@@ -108,7 +115,8 @@ def run_training(
     main = accelerator.is_main_process
 
     phase("encoding")  # (the phases are DESIGN §5's: loading the model counts as encoding)
-    components = load_model(model, device=accelerator.device, seed=training_input.seed or 0)
+    components = load_model(model, device=accelerator.device, seed=training_input.seed or 0,
+                            text_encoder=text_encoder)
     cache_dir = cache_dir_for(work_dir, components)
     with accelerator.main_process_first():
         encoded = encode_dataset(dataset_dir, cache_dir, components, cancel=cancel)
@@ -155,10 +163,15 @@ def run_training(
         resumed_from=trained.resumed_from, samples_encoded=encoded.samples_encoded,
         samples_reused=encoded.samples_reused,
     )
+    # Every process checks (DDP keeps the adapters identical), so a diverged run fails everywhere at once
+    # instead of leaving the other processes waiting for the main one; export checks the cast tensors again.
+    check_lora_state(trained.lora_state, learning_rate=training_input.learning_rate, steps=trained.steps_done)
     if main:
         phase("publishing")
+        base = components.base or describe_model(model, text_encoder)
         result.exported = export_lora(
-            out_dir, trained.lora_state, training_input, base_model=components.name,
+            out_dir, trained.lora_state, training_input, base_model=base, lora_dtype=lora_dtype,
+            steps=trained.steps_done,
             extra={"training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,
                                                 len(encoded.samples), data.has_audio)},
         )
