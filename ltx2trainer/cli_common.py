@@ -26,6 +26,11 @@ class ResolutionChoice(str, Enum):
     high = "high"
 
 
+class LoraDtype(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
 class AspectChoice(str, Enum):
     wide = "16:9"
     square = "1:1"

@@ -22,16 +22,22 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, console, validate_input
+from ltx2trainer.cli_common import AspectChoice, LoraDtype, ResolutionChoice, console, validate_input
 from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.schemas import RESOLUTION_PRESETS
 from ltx2trainer.settings import get_settings
+
+MODEL_HELP = ("'tiny' or 'tiny-2.3' (random weights, CPU), an official LTX-2.0/2.3 single-file .safetensors "
+              "(with --text-encoder), or a diffusers-format folder / hub id (default: LTX2T_MODEL).")
+TEXT_ENCODER_HELP = "Gemma-3 folder paired with an official single-file checkpoint (default: LTX2T_TEXT_ENCODER)."
 
 
 def train(
     dataset: Annotated[Path, typer.Argument(help="A folder made by `ltx2trainer prepare` (manifest.jsonl).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the LoRA, config.json and validation videos.")],
-    model: Annotated[str | None, typer.Option(help="'tiny' or a path / hub id (default: LTX2T_MODEL).")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    text_encoder: Annotated[str | None, typer.Option(help=TEXT_ENCODER_HELP)] = None,
+    lora_dtype: Annotated[LoraDtype, typer.Option(help="dtype of the exported LoRA files.")] = LoraDtype.bf16,
     rank: Annotated[int, typer.Option(help="LoRA rank: 8, 16, 32, 64 or 128.")] = 32,
     number_of_steps: Annotated[int, typer.Option(help="Training steps (100-20000).")] = 2000,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
@@ -70,12 +76,27 @@ def train(
         fields["validation_negative_prompt"] = validation_negative_prompt
     training_input = validate_input(fields)
 
-    run_with_progress(dataset, out, training_input, model=model or get_settings().model,
-                      validation_images=list(validation_image) or None)
+    settings = get_settings()
+    model = model or settings.model
+    text_encoder = text_encoder or settings.text_encoder or None
+    _check_model(model, text_encoder)
+    run_with_progress(dataset, out, training_input, model=model, text_encoder=text_encoder,
+                      lora_dtype=lora_dtype.value, validation_images=list(validation_image) or None)
 
 
-def run_with_progress(dataset: Path, out: Path, training_input, *, model: str,
-                      validation_images: list[Path] | None = None) -> None:
+def _check_model(model: str, text_encoder: str | None) -> None:
+    """Exit 1 with `error (model_error): …` at once (no torch imported yet) when the model is unusable."""
+    from ltx2trainer.model.identity import describe_model
+
+    try:
+        describe_model(model, text_encoder)
+    except UserInputError as exc:
+        console.print(f"[red]error ({exc.code}):[/] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def run_with_progress(dataset: Path, out: Path, training_input, *, model: str, text_encoder: str | None = None,
+                      lora_dtype: str = "bf16", validation_images: list[Path] | None = None) -> None:
     """Run the train stage with a progress bar (step, loss, it/s, ETA) and print where the outputs are."""
     from ltx2trainer.pipeline.train import run_training
 
@@ -83,7 +104,8 @@ def run_with_progress(dataset: Path, out: Path, training_input, *, model: str,
         task = bar.add_task("training", total=training_input.number_of_steps, loss=float("nan"), phase="")
         try:
             result = run_training(
-                dataset, out, training_input, model=model, validation_images=validation_images,
+                dataset, out, training_input, model=model, text_encoder=text_encoder, lora_dtype=lora_dtype,
+                validation_images=validation_images,
                 on_phase=lambda name: bar.update(task, phase=name),
                 on_step=lambda info: bar.update(task, completed=info.step, loss=info.loss),
             )
@@ -107,7 +129,8 @@ def sample(
     prompt: Annotated[str, typer.Option(help="What to generate.")],
     out: Annotated[Path, typer.Option("--out", help="The MP4 to write.")],
     lora: Annotated[Path | None, typer.Option(help="A LoRA file (either layout); none = base model.")] = None,
-    model: Annotated[str | None, typer.Option(help="'tiny' or a path / hub id (default: LTX2T_MODEL).")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    text_encoder: Annotated[str | None, typer.Option(help=TEXT_ENCODER_HELP)] = None,
     image: Annotated[Path | None, typer.Option(help="First-frame image (image-to-video).")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
     number_of_frames: Annotated[int, typer.Option(help="Frames (8n+1).")] = 89,
@@ -118,20 +141,42 @@ def sample(
     audio: Annotated[bool, typer.Option(help="Keep the generated audio.")] = True,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 42,
 ) -> None:
-    """Generate one video (with audio) from a prompt, optionally with a trained LoRA."""
-    from ltx2trainer.model.presets import load_model
-    from ltx2trainer.pipeline.validate import sample_video
+    """Generate one video (with audio) from a prompt, optionally with a trained LoRA.
+
+    A LoRA trained on another LTX-2 version than the model's (read from its metadata, or a config.json next
+    to it) is refused before the model is loaded."""
+    from ltx2trainer.model.identity import describe_model
+    from ltx2trainer.model.lora import read_lora_base_model, version_mismatch
     from ltx2trainer.schemas import DEFAULT_NEGATIVE_PROMPT, frame_size, nearest_valid_frame_count
 
     frames = nearest_valid_frame_count(number_of_frames)
     if frames != number_of_frames:
         console.print(f"[yellow]note:[/] number-of-frames {number_of_frames} → {frames} (must be 8n+1)")
     width, height = frame_size(resolution.value, aspect_ratio.value)
-    components = load_model(model or get_settings().model)
+    settings = get_settings()
+    model = model or settings.model
+    text_encoder = text_encoder or settings.text_encoder or None
+    try:
+        base = describe_model(model, text_encoder)  # cheap: no torch, no weights read yet
+        if lora is not None:
+            if not lora.is_file():
+                console.print(f"[red]error:[/] LoRA file not found: {lora}")
+                raise typer.Exit(1)
+            lora_base = read_lora_base_model(lora)
+            if lora_base is None:
+                console.print(f"[yellow]note:[/] {lora.name} does not say which base model it was trained on "
+                              "(no ltx2trainer metadata, no config.json beside it); loading it as it is")
+            elif (mismatch := version_mismatch(lora_base, base)) is not None:
+                console.print(f"[red]error:[/] {mismatch}")
+                raise typer.Exit(1)
+        from ltx2trainer.model.presets import load_model  # torch and diffusers: after the quick checks
+        from ltx2trainer.pipeline.validate import sample_video
+
+        components = load_model(model, text_encoder=text_encoder)
+    except UserInputError as exc:
+        console.print(f"[red]error ({exc.code}):[/] {exc.message}")
+        raise typer.Exit(1) from None
     if lora is not None:
-        if not lora.exists():
-            console.print(f"[red]error:[/] LoRA file not found: {lora}")
-            raise typer.Exit(1)
         components.pipeline().load_lora_weights(str(lora))
     path = sample_video(
         components, prompt, out, negative_prompt=negative_prompt or DEFAULT_NEGATIVE_PROMPT, num_frames=frames,
