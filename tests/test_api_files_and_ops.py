@@ -3,6 +3,7 @@ status-poll cache."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import textwrap
@@ -10,13 +11,19 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import save_file
 
 from ltx2trainer.api import create_app
+from ltx2trainer.jobs.db import utcnow
 from ltx2trainer.jobs.keys import create_key
+from ltx2trainer.jobs.models import WorkerRow
+from ltx2trainer.jobs.workers import RECENT_S, identify_model
 from ltx2trainer.settings import Settings
 from ltx2trainer.storage import sign_path
 from ltx2trainer.wiring import Services
+from ltx2trainer.worker.app import Maintenance
 from tests.api_harness import Api, auth, drive_to_success, store_output
 
 # --- file downloads -----------------------------------------------------------------------------------------
@@ -105,10 +112,57 @@ def test_the_files_route_is_404_for_a_missing_file_or_another_owner(api: Api):
 # --- operations ---------------------------------------------------------------------------------------------
 
 
-def test_health_is_ok(api: Api):
+TINY = {"family": "ltx-2", "version": "2.0", "format": "preset", "source": "tiny", "file_name": None,
+        "size_bytes": None, "header_sha256": None, "quantization": None, "text_encoder": None}
+
+
+def test_health_shows_the_configured_model_and_what_each_worker_serves(api: Api, tmp_path: Path):
     response = api.client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "model": TINY, "workers": []}  # no worker has started yet
+
+    # two workers' maintenance threads, as `ltx2trainer worker` starts them: one serving tiny, one whose
+    # configured model is not an LTX-2 checkpoint (it keeps serving; its jobs fail with model_error)
+    bad_model = tmp_path / "not-ltx.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2)}, str(bad_model))
+    threads = [Maintenance(api.settings, worker_name="trainer@gpu-1", served=identify_model("tiny", None)),
+               Maintenance(api.settings, worker_name="trainer@gpu-2", served=identify_model(str(bad_model), None))]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(workers := api.client.get("/health").json()["workers"]) < 2:
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.05)
+    finally:
+        for thread in threads:
+            thread.stop_event.set()
+            thread.join(timeout=10)
+    assert [(w["name"], w["model"]) for w in workers] == [
+        ("trainer@gpu-1", TINY),
+        ("trainer@gpu-2", "model_error: not-ltx.safetensors has no `config` in its safetensors metadata: "
+                          "not an official LTX-2 checkpoint (Lightricks' single files carry one); for "
+                          "diffusers-format weights pass their folder")]
+    assert all(dt.datetime.fromisoformat(w["seen_at"]) > dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+               for w in workers)
+    # a worker not seen for longer than RECENT_S is gone from the list
+    with api.services.db.session() as session:
+        session.get(WorkerRow, "trainer@gpu-2").seen_at = utcnow() - dt.timedelta(seconds=RECENT_S + 1)
+    assert [w["name"] for w in api.client.get("/health").json()["workers"]] == ["trainer@gpu-1"]
+
+
+def test_health_names_a_bad_configured_model_and_is_503_without_a_database(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", model=str(tmp_path / "missing.safetensors"))
+    with TestClient(create_app(settings, services=Services(settings))) as client:
+        body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["model"] == f"model_error: model file not found: {tmp_path / 'missing.safetensors'}"
+
+    unreachable = Settings(data_dir=tmp_path / "data2", database_url="postgresql+psycopg://u@127.0.0.1:9/none")
+    services = Services(unreachable, ensure_schema=False)
+    with TestClient(create_app(unreachable, services=services)) as client:
+        response = client.get("/health")
+    assert response.status_code == 503 and response.json()["detail"].startswith("database unreachable")
 
 
 def test_metrics_count_jobs_by_status_queue_depth_and_step_rate(api: Api):
@@ -175,9 +229,14 @@ def test_the_gateway_does_not_import_torch_or_the_pipeline(tmp_path: Path):
         assert client.post("/v1/estimates", json={{"training_data_url": "https://example.com/x.zip"}},
                            headers=headers).status_code == 200
         assert client.get("/metrics").status_code == 200
+        assert client.get("/health").json()["model"]["version"] == "2.0"  # described without torch
+        # ltx2trainer.model.identity (and the torch-free helpers it reads headers with) may load for /health;
+        # torch and the libraries on it, the pipeline and the training engine may not
         heavy = sorted(name for name in sys.modules
-                       if name.split(".")[0] in ("torch", "diffusers", "transformers", "torchvision")
-                       or name.startswith(("ltx2trainer.pipeline", "ltx2trainer.model", "ltx2trainer.training")))
+                       if name.split(".")[0] in ("torch", "diffusers", "transformers", "torchvision", "peft",
+                                                 "accelerate")
+                       or name.startswith(("ltx2trainer.pipeline", "ltx2trainer.training", "ltx2trainer.model.lora",
+                                           "ltx2trainer.model.presets", "ltx2trainer.model.components")))
         print("HEAVY", heavy)
         assert not heavy, heavy
     """)

@@ -4,6 +4,7 @@ standalone server over HTTP), a real Celery worker process, and the gateway on l
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import boto3
@@ -63,3 +64,12 @@ def test_a_job_runs_on_postgresql_redis_and_s3(tmp_path, postgres_url, redis_url
         assert all(f"/{job['id']}/" in key for key in keys)
         assert sorted(key.rsplit("/", 1)[1] for key in keys) == ["config.json", "lora.safetensors",
                                                                 "lora_comfyui.safetensors"]
+
+        # the worker said at start-up what it serves, and /health shows it under its Celery node name
+        assert '"message": "serving ltx-2 2.0 (preset: tiny)"' in service.worker_log.read_text()
+        health = httpx.get(f"{service.url}/health", timeout=10).json()
+        assert health["status"] == "ok" and health["model"]["source"] == "tiny"
+        [worker] = health["workers"]
+        assert worker["name"] == f"trainer@{socket.gethostname()}"
+        assert (worker["model"]["family"], worker["model"]["version"], worker["model"]["format"]) == \
+            ("ltx-2", "2.0", "preset")

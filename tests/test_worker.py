@@ -5,6 +5,8 @@ Jobs run in this process through `execute_job` (what the Celery task calls), on 
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,12 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
+from sqlalchemy import func, select
 
 from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.notify.models import SettlementRow, UsageRecordRow
 from ltx2trainer.settings import Settings
 from ltx2trainer.storage import job_prefix
 from ltx2trainer.wiring import Services
-from ltx2trainer.worker.app import reap_dead_workers
+from ltx2trainer.worker.app import announce_model, reap_dead_workers
 from ltx2trainer.worker.runner import execute_job
 from tests.live_service import FAST_JOB, tiny_dataset_url
 
@@ -65,6 +71,17 @@ def test_a_job_runs_to_success_with_outputs_in_storage_and_logs(services, datase
     phases = [event.data["phase"] for event in services.store.events(job_id, kinds=("phase",))]
     assert phases[:4] == ["fetching", "preparing", "encoding", "training"] and "publishing" in phases
     assert not (services.settings.data_dir / "jobs" / job_id).exists()  # work dir cleaned up
+    # the outputs say which base model they belong to, and the LoRA is bf16
+    assert "base model: ltx-2 2.0 (preset: tiny)" in logs
+    with services.storage.open(job.output["config_file"]["key"]) as handle:
+        config = json.load(handle)
+    assert config["base_model"] == {"family": "ltx-2", "version": "2.0", "format": "preset", "source": "tiny",
+                                    "file_name": None, "size_bytes": None, "header_sha256": None,
+                                    "quantization": None, "text_encoder": None}
+    assert config["lora"]["dtype"] == "bf16"
+    with services.storage.open(job.output["lora_file"]["key"]) as handle:
+        lora = safetensors.torch.load(handle.read())
+    assert {tensor.dtype for tensor in lora.values()} == {torch.bfloat16}
 
 
 def test_debug_dataset_is_published_when_asked(services, dataset_url):
@@ -85,6 +102,51 @@ def test_bad_training_data_fails_the_job_with_the_reason(services):
     job = services.store.get(job_id)
     assert job.status == JobStatus.FAILED
     assert job.error["type"] == "invalid_archive" and "not a readable zip" in job.error["message"]
+
+
+def test_a_misconfigured_model_fails_the_job_at_once_with_model_error_and_costs_nothing(tmp_path):
+    # an official-looking single file but no text encoder configured (LTX2T_TEXT_ENCODER)
+    model = tmp_path / "ltx-2-19b-dev.safetensors"
+    safetensors.torch.save_file({"model.diffusion_model.audio_adaln_single.linear.weight": torch.zeros(2, 2)},
+                                str(model), metadata={"config": json.dumps({"transformer": {}})})
+    services = Services(Settings(data_dir=tmp_path / "data", allow_private_urls=True, prepare_workers=1,
+                                 model=str(model)))
+    # training data that is not a zip: had the job fetched it, it would fail with invalid_archive instead
+    job_id = submit(services, {**FAST_JOB, "training_data_url": "data:application/zip;base64,bm90IGEgemlw"})
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "failed"
+    job = services.store.get(job_id)
+    assert job.status == JobStatus.FAILED and job.attempt == 1  # not retried
+    assert job.error["type"] == "model_error"
+    assert job.error["message"].startswith("ltx-2-19b-dev.safetensors is an official single-file checkpoint: "
+                                           "it holds no text encoder")
+    assert job.phase is None  # failed before fetching
+    assert job.usage["steps_billed"] == 0
+    with services.db.session() as session:
+        settlement = session.get(SettlementRow, job_id)
+        recorded = session.scalar(select(func.count()).select_from(UsageRecordRow)
+                                  .where(UsageRecordRow.job_id == job_id))
+    assert (settlement.outcome, settlement.steps_billed, settlement.amount_nano_usd, recorded) == ("failed", 0, 0, 0)
+
+
+def test_the_worker_names_its_model_at_start_up_and_logs_a_bad_one_without_stopping(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="ltx2trainer.worker.app"):
+        served = announce_model(Settings(data_dir=tmp_path / "data", model="tiny-2.3"))
+    assert served.info["version"] == "2.3" and served.error is None
+    assert "serving ltx-2 2.3 (preset: tiny-2.3)" in caplog.messages
+
+    truncated = tmp_path / "ltx-2.3-22b-dev.safetensors"
+    safetensors.torch.save_file({"model.diffusion_model.audio_adaln_single.linear.weight": torch.zeros(64, 64)},
+                                str(truncated), metadata={"config": json.dumps({"transformer": {}})})
+    truncated.write_bytes(truncated.read_bytes()[:-100])  # an interrupted download
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ltx2trainer.worker.app"):
+        served = announce_model(Settings(data_dir=tmp_path / "data", model=str(truncated)))
+    assert served.info is None and served.error.startswith("ltx-2.3-22b-dev.safetensors is truncated")
+    [record] = caplog.records
+    assert record.levelname == "ERROR"
+    assert record.getMessage().startswith("the configured model cannot be used: ltx-2.3-22b-dev.safetensors is "
+                                          "truncated")
+    assert "every job will fail with model_error" in record.getMessage()
 
 
 def test_a_running_job_stops_within_a_step_of_cancel_and_keeps_its_last_checkpoint(services, dataset_url):

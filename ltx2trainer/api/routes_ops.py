@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 
+from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.deps import ServicesDep
 from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.jobs.workers import identify_model, recent_workers
 from ltx2trainer.wiring import Services
 
 router = APIRouter(tags=["operations"])
 
+MODEL_CACHE_TTL_S = 30.0  # an official file's header is read and hashed at most this often
+_configured_models: TTLCache[dict[str, Any] | str] = TTLCache(MODEL_CACHE_TTL_S, max_entries=16)
 
-@router.get("/health", summary="Liveness and database reachability")
-def health(services: ServicesDep) -> dict[str, str]:
+
+@router.get("/health", summary="Liveness, database reachability, and the base model each worker serves")
+def health(services: ServicesDep) -> dict[str, Any]:
+    """`model`: the gateway's configured model (identity, or why it is unusable); `workers`: the workers seen
+    in the last minute with the model each actually serves (what jobs run on)."""
     try:
         with services.db.session() as session:
             session.execute(text("SELECT 1"))
+        workers = recent_workers(services.db)
     except Exception as exc:  # noqa: BLE001 - report, don't crash
         raise HTTPException(503, detail=f"database unreachable: {type(exc).__name__}") from None
-    return {"status": "ok"}
+    settings = services.settings
+    key = (settings.model, settings.text_encoder or None)
+    model = _configured_models.get(key, lambda _key: identify_model(*key).public())
+    return {"status": "ok", "model": model, "workers": workers}
 
 
 @router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, training step rate")

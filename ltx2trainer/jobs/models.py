@@ -1,4 +1,5 @@
-"""Tables of the job store: jobs, their events (status, phase, progress, logs, outputs) and API keys.
+"""Tables of the job store: jobs, their events (status, phase, progress, logs, outputs), API keys, and the
+workers seen lately with the base model each serves.
 
 Rows are internal; the API answers with the public envelope of `ltx2trainer.schemas.TrainingJob`, never a row.
 Every job belongs to one owner (the account of the API key that created it).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ltx2trainer.jobs.db import Base, utcnow
@@ -99,3 +100,16 @@ class ApiKeyRow(Base):
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     # Spending limit of this key in exact nano-dollars (None: unlimited); checked before a job is queued.
     spend_limit_nano_usd: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class WorkerRow(Base):
+    """A training worker and the base model it serves, as it reported at start-up; `seen_at` is refreshed by
+    its maintenance thread while it runs (ltx2trainer.jobs.workers)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)  # the Celery node name, e.g. trainer@host
+    model: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # BaseModelInfo.as_dict(), if usable
+    model_error: Mapped[str | None] = mapped_column(Text, default=None)  # why the configured model is not
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ltx2trainer.errors import JobCancelled, UserInputError
+from ltx2trainer.model.identity import BaseModelInfo, describe_model  # torch-free
 from ltx2trainer.pipeline.fetch import download, fetch_dataset, local_path
 from ltx2trainer.pipeline.preprocess import PrepareOptions, Progress, prepare_dataset
 from ltx2trainer.schemas import TrainingInput
@@ -44,9 +45,16 @@ class JobContext(Protocol):
 
 
 def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
-    """Run every stage; returns the output (file references). Raises UserInputError, JobCancelled."""
+    """Run every stage; returns the output (file references). Raises UserInputError, JobCancelled.
+
+    The configured base model is identified first (no torch, no download): a misconfigured one fails the
+    job with `model_error` before anything is fetched, encoded or billed.
+    """
     work = ctx.work_dir
     check = _cancel_check(ctx)
+    text_encoder = ctx.settings.text_encoder or None
+    base = describe_model(ctx.settings.model, text_encoder)
+    ctx.log(f"base model: {base.label()}")
 
     ctx.set_phase("fetching")
     ctx.log("fetching the training data")
@@ -82,13 +90,14 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
 
     try:
         result = run_training(
-            work / "dataset", out_dir, training_input, model=ctx.settings.model, work_dir=work / "train",
+            work / "dataset", out_dir, training_input, model=ctx.settings.model, text_encoder=text_encoder,
+            work_dir=work / "train",
             validation_images=images, on_phase=ctx.set_phase, on_step=ctx.report_step, cancel=ctx.cancelled,
             on_validation=publish_validation,
             config_overrides={"checkpoint_every": ctx.settings.checkpoint_every_steps},
         )
     except JobCancelled:
-        ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work)
+        ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work, base)
         raise
 
     ctx.set_phase("publishing")
@@ -159,8 +168,10 @@ def _check_image(path: Path, index: int) -> None:
         raise UserInputError(f"validation[{index}].image_url is not a readable image", code="bad_image") from exc
 
 
-def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, work: Path) -> dict[str, Any] | None:
-    """When a run is cancelled mid-training: the newest checkpoint's LoRA, exported like a final one."""
+def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, work: Path,
+                             base: BaseModelInfo) -> dict[str, Any] | None:
+    """When a run is cancelled mid-training: the newest checkpoint's LoRA, exported like a final one (none
+    when that LoRA is broken or empty: the job is still cancelled, with nothing to deliver)."""
     from safetensors.torch import load_file
 
     from ltx2trainer.pipeline.export import export_lora
@@ -170,8 +181,12 @@ def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, wor
     if not checkpoints:
         return None
     last = checkpoints[-1]
-    exported = export_lora(work / "cancelled", load_file(str(last.lora_file)), training_input,
-                           base_model=ctx.settings.model, extra={"training": {"steps": last.step, "cancelled": True}})
+    try:
+        exported = export_lora(work / "cancelled", load_file(str(last.lora_file)), training_input, base_model=base,
+                               steps=last.step, extra={"training": {"steps": last.step, "cancelled": True}})
+    except UserInputError as exc:
+        ctx.log(f"cancelled: the LoRA of step {last.step} is not published: {exc.message}", "WARN")
+        return None
     ctx.log(f"cancelled: publishing the LoRA of step {last.step}", "WARN")
     return {
         "lora_file": ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),

@@ -1,5 +1,6 @@
 """The worker process: the Celery app with the `run_job` task, plus a maintenance thread that delivers
-webhooks from the outbox and puts jobs of dead workers back in the queue.
+webhooks from the outbox, puts jobs of dead workers back in the queue and keeps this worker's entry (and the
+base model it serves) fresh in the workers table that `GET /health` reads.
 
     ltx2trainer worker        # one job at a time; run one per GPU
 """
@@ -9,9 +10,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 from celery import Celery, signals
+from celery.utils.nodenames import host_format
 
+from ltx2trainer.jobs.workers import SEEN_EVERY_S, ServedModel, identify_model, record_worker, touch_worker
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
 from ltx2trainer.worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
@@ -43,11 +47,15 @@ def make_worker_app(settings: Settings) -> Celery:
 
 
 class Maintenance(threading.Thread):
-    """Delivers due webhooks every second and requeues jobs whose worker stopped renewing its lease."""
+    """Delivers due webhooks every second, requeues jobs whose worker stopped renewing its lease, and (given
+    the worker's node name) records the model this worker serves and refreshes its last-seen time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker_name: str | None = None,
+                 served: ServedModel | None = None) -> None:
         super().__init__(name="ltx2trainer-maintenance", daemon=True)
         self.settings = settings
+        self.worker_name = worker_name
+        self.served = served
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -57,6 +65,7 @@ class Maintenance(threading.Thread):
         deliverer = WebhookDeliverer(services.db, self.settings)
         ticks_per_reap = max(1, round(REAP_EVERY_S / WEBHOOK_SWEEP_S))
         tick = 0
+        last_seen = self._announce(services)
         while not self.stop_event.wait(WEBHOOK_SWEEP_S):
             try:
                 deliverer.deliver_due()
@@ -65,6 +74,22 @@ class Maintenance(threading.Thread):
                     reap_dead_workers(services)
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
                 log.exception("maintenance tick failed")
+            if self.worker_name and time.monotonic() - last_seen >= SEEN_EVERY_S:
+                try:
+                    touch_worker(services.db, self.worker_name, self.served or ServedModel(None, "unknown"))
+                    last_seen = time.monotonic()
+                except Exception:  # noqa: BLE001 - retried on the next tick
+                    log.exception("could not refresh this worker's entry in the workers table")
+
+    def _announce(self, services: Services) -> float:
+        """Record this worker and its model at once (not after the first tick)."""
+        if self.worker_name:
+            try:
+                record_worker(services.db, self.worker_name, self.served or ServedModel(None, "unknown"))
+            except Exception:  # noqa: BLE001 - the refresh in the loop tries again
+                log.exception("could not record this worker in the workers table")
+                return 0.0
+        return time.monotonic()
 
 
 def reap_dead_workers(services: Services) -> list[str]:
@@ -78,13 +103,33 @@ def reap_dead_workers(services: Services) -> list[str]:
     return requeued
 
 
+def announce_model(settings: Settings) -> ServedModel:
+    """Identify the configured model and say so in the log (no torch, no weights read). A bad model is logged
+    as an error, not raised: the worker keeps serving and its jobs fail with `model_error`."""
+    served = identify_model(settings.model, settings.text_encoder or None)
+    if served.info is not None:
+        from ltx2trainer.model.identity import BaseModelInfo
+
+        log.info("serving %s", BaseModelInfo(**served.info).label())
+    else:
+        log.error("the configured model cannot be used: %s (LTX2T_MODEL=%r); every job will fail with "
+                  "model_error until it is fixed", served.error, settings.model)
+    return served
+
+
 def run_worker(settings: Settings, *, loglevel: str = "INFO", name: str = "trainer@%h") -> None:
-    """Run a Celery worker for training jobs in this process (blocks)."""
+    """Run a Celery worker for training jobs in this process (blocks).
+
+    At start-up it says which model it serves (family, version, file), or logs why the configured model is
+    unusable and keeps serving: its jobs then fail with `model_error` at once, costing nothing.
+    """
+    served = announce_model(settings)
     app = make_worker_app(settings)
-    maintenance = Maintenance(settings)
+    maintenance = Maintenance(settings, worker_name=host_format(name), served=served)
 
     @signals.worker_ready.connect(weak=False)
-    def _start(**_kwargs) -> None:
+    def _start(sender=None, **_kwargs) -> None:
+        maintenance.worker_name = getattr(sender, "hostname", None) or maintenance.worker_name  # as Celery named it
         maintenance.start()
 
     @signals.worker_shutdown.connect(weak=False)
