@@ -261,3 +261,16 @@ def transformer_inputs(config: dict, *, batch: int = 1, latent_frames: int = 2, 
                         context=context, context_mask=mask)
 
     return modality(v_state, video_ctx), modality(a_state, audio_ctx), BatchedPerturbationConfig.empty(batch)
+
+
+def diffusers_transformer_kwargs(video, audio) -> dict:
+    """The same inputs for diffusers' `LTX2VideoTransformer3DModel.forward`, as our training step passes them:
+    timesteps and sigmas ×1000, ltx-core's positions as the RoPE coordinates, cross-modal sigma for the
+    audio↔video modulation (what ltx-core does in both versions)."""
+    return dict(
+        hidden_states=video.latent, audio_hidden_states=audio.latent, encoder_hidden_states=video.context,
+        audio_encoder_hidden_states=audio.context, timestep=video.timesteps * 1000,
+        audio_timestep=audio.timesteps * 1000, sigma=video.sigma * 1000, audio_sigma=audio.sigma * 1000,
+        encoder_attention_mask=video.context_mask, audio_encoder_attention_mask=audio.context_mask,
+        video_coords=video.positions, audio_coords=audio.positions, use_cross_timestep=True, return_dict=False,
+    )

@@ -18,7 +18,7 @@ from diffusers import LTX2Pipeline
 
 from ltx2trainer.model.encoders import encode_video
 from ltx2trainer.model.presets import load_model
-from tests.ltxcore_ref import transformer_inputs
+from tests.ltxcore_ref import diffusers_transformer_kwargs, transformer_inputs
 from tests.official_ckpt import ltxcore_components, write_tiny_gemma_folder, write_tiny_official_checkpoint
 
 CPU = torch.device("cpu")
@@ -64,14 +64,7 @@ def test_transformer_matches_ltxcore(pair, first_frame_clean):
         video = dataclasses.replace(video, timesteps=timesteps)
     with torch.no_grad():
         ref_video, ref_audio = reference.transformer(video, audio, perturbations)
-        our_video, our_audio = ours.transformer(
-            hidden_states=video.latent, audio_hidden_states=audio.latent,
-            encoder_hidden_states=video.context, audio_encoder_hidden_states=audio.context,
-            timestep=video.timesteps * 1000, audio_timestep=audio.timesteps * 1000,
-            sigma=video.sigma * 1000, audio_sigma=audio.sigma * 1000,
-            encoder_attention_mask=video.context_mask, audio_encoder_attention_mask=audio.context_mask,
-            video_coords=video.positions, audio_coords=audio.positions, use_cross_timestep=True, return_dict=False,
-        )
+        our_video, our_audio = ours.transformer(**diffusers_transformer_kwargs(video, audio))
     assert relative_error(our_video, ref_video) < TOLERANCE
     assert relative_error(our_audio, ref_audio) < TOLERANCE
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from ltx2trainer.model.lora import ORIGINAL_PREFIX
 from ltx2trainer.model.presets import load_model
 from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
-from tests.ltxcore_ref import transformer_inputs
+from tests.ltxcore_ref import diffusers_transformer_kwargs, transformer_inputs
 from tests.mediagen import make_video, video_facts
 from tests.official_ckpt import fuse_lora_ltxcore, write_tiny_gemma_folder, write_tiny_official_checkpoint
 
@@ -23,7 +23,7 @@ CLI = [sys.executable, "-m", "ltx2trainer.cli"]
 # ltx-core fuses into bf16 weights only: the fused weight is W + B·A rounded to bf16 once.
 WEIGHT_ULP = 2.0 ** -8  # bf16's relative rounding step
 DELTA_TOLERANCE = 0.25  # the fused change vs. B·A: bf16 rounding of W dominates (deltas are ~5 % of W here)
-OUTPUT_TOLERANCE = 2e-2  # relative, model outputs with bf16-rounded fused weights vs. our fp32 adapter
+OUTPUT_TOLERANCE = 5e-3  # relative: ltx-core fuses into bf16 weights, we run fp32 + adapter (measured ~1.5e-3)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +98,8 @@ def test_fused_official_model_matches_ours_with_the_adapter(trained):
     fused, _, _ = fuse_lora_ltxcore(checkpoint, out / "lora_comfyui.safetensors")
     fused = fused.float()
     ours = load_model(str(checkpoint), device=torch.device("cpu"), dtype=torch.float32, text_encoder=str(gemma))
-    base_video = None
     video, audio, perturbations = transformer_inputs(json.loads(_metadata(checkpoint)), batch=1, latent_frames=2)
-    kwargs = dict(
-        hidden_states=video.latent, audio_hidden_states=audio.latent, encoder_hidden_states=video.context,
-        audio_encoder_hidden_states=audio.context, timestep=video.timesteps * 1000, audio_timestep=audio.timesteps * 1000,
-        sigma=video.sigma * 1000, audio_sigma=audio.sigma * 1000, encoder_attention_mask=video.context_mask,
-        audio_encoder_attention_mask=audio.context_mask, video_coords=video.positions, audio_coords=audio.positions,
-        use_cross_timestep=True, return_dict=False)
+    kwargs = diffusers_transformer_kwargs(video, audio)
     with torch.no_grad():
         base_video, _ = ours.transformer(**kwargs)
         ours.pipeline().load_lora_weights(str(out / "lora.safetensors"))
