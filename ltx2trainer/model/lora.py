@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     import torch
     from peft import LoraConfig
 
+# LTX-2.3's `to_gate_logits` (a per-head gate, width → heads) is deliberately not a target: a rank-32
+# adapter on a 32-output projection is a full-rank replacement rather than a low-rank update, and
+# Lightricks' trainer leaves it to the base model too. PEFT matches suffixes, so `to_q` never catches it.
 # Every attention kind matches the to_* suffixes: video/audio self (attn1, audio_attn1), text cross
 # (attn2, audio_attn2), and the two cross-modal ones. PEFT matches suffixes, so "ff.net.0.proj" does not
 # cover "audio_ff.net.0.proj": both feed-forward families are listed.
