@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class ModelComponents:
     stg_blocks: list[int] = field(default_factory=lambda: list(REAL_STG_BLOCKS))
     inference_steps: int = REAL_INFERENCE_STEPS  # denoising steps for validation samples
     base: BaseModelInfo | None = None  # which base model these are (family, version, file identity)
+    # Staged loading: when the transformer is deferred, this brings it in (`load_transformer`).
+    transformer_loader: Callable[[], Any] | None = None
 
     @property
     def version(self) -> str:
@@ -75,7 +77,25 @@ class ModelComponents:
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        """Where the model runs: the transformer's device, or while it is deferred the encoders'."""
+        for module in (self.transformer, self.vae, self.audio_vae, self.connectors, self.text_encoder):
+            if module is not None:
+                return next(module.parameters()).device
+        raise RuntimeError("no module is loaded")
+
+    def load_transformer(self) -> Any:
+        """Load the deferred transformer (stage 2 of a staged load). Everything the first stage needed the
+        text encoder for must be done by now: the text encoder is refused here if it is still loaded, so
+        the two largest modules (Gemma-3-12B and the 19B transformer) are never in memory together."""
+        if self.transformer is not None:
+            return self.transformer
+        if self.text_encoder is not None:
+            raise RuntimeError("free the text encoder (encode every text first) before loading the transformer")
+        if self.transformer_loader is None:
+            raise RuntimeError("these components have no transformer and no way to load one")
+        self.transformer = self.transformer_loader()
+        self.transformer_loader = None
+        return self.transformer
 
     def park(self) -> None:
         """Move what training does not use (VAEs, vocoder, connectors) off the accelerator to host memory.
@@ -107,9 +127,16 @@ class ModelComponents:
         return [m for m in (self.vae, self.audio_vae, self.vocoder, self.connectors) if m is not None]
 
 
-def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32) -> ModelComponents:
-    """Load diffusers-format LTX-2 weights from a local folder or a hub id, ready for STG."""
-    pipe = LTX2Pipeline.from_pretrained(str(source), dtype=dtype)
+def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                    defer_transformer: bool = False) -> ModelComponents:
+    """Load diffusers-format LTX-2 weights from a local folder or a hub id, ready for STG, on `device`.
+
+    With `defer_transformer` the transformer is left on disk until `load_transformer()` (staged loading).
+    """
+    if defer_transformer:
+        pipe = LTX2Pipeline.from_pretrained(str(source), transformer=None, dtype=dtype)
+    else:
+        pipe = LTX2Pipeline.from_pretrained(str(source), dtype=dtype)
     extra: dict[str, Any] = {}
     extra_file = Path(str(source)) / EXTRA_CONFIG_NAME
     if extra_file.exists():
@@ -123,11 +150,23 @@ def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32) -
         inference_steps=extra.get("inference_steps", REAL_INFERENCE_STEPS),
         base=describe_model(str(source)),
     )
-    enable_perturbed_attention(components.transformer)
+    components.to(device)
+    if defer_transformer:
+        components.transformer_loader = lambda: _load_diffusers_transformer(source, dtype, device)
+    else:
+        enable_perturbed_attention(components.transformer)
     # Decoding 89 frames at 960² in one piece needs tens of GB; tiles keep validation within a GPU's memory
     # (ltx-trainer decodes with tiling too). Encoding the training clips is unaffected in quality.
     components.vae.enable_tiling()
     return components
+
+
+def _load_diffusers_transformer(source: str | Path, dtype: torch.dtype, device: torch.device | str):
+    from diffusers import LTX2VideoTransformer3DModel
+
+    transformer = LTX2VideoTransformer3DModel.from_pretrained(str(source), subfolder="transformer", dtype=dtype)
+    enable_perturbed_attention(transformer)
+    return transformer.to(device)
 
 
 def enable_perturbed_attention(transformer: torch.nn.Module) -> None:

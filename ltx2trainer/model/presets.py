@@ -19,11 +19,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_model(name: str, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
-               seed: int = 0, text_encoder: str | None = None) -> ModelComponents:
+               seed: int = 0, text_encoder: str | None = None, defer_transformer: bool = False) -> ModelComponents:
     """The components of `name` on `device`. The tiny presets are always fp32 and seeded by `seed`.
 
     `text_encoder` is the Gemma-3 folder an official single-file checkpoint needs. Raises `ModelError`
-    (before loading anything) when `name` is not a usable LTX-2 model.
+    (before loading anything) when `name` is not a usable LTX-2 model. With `defer_transformer`, the
+    transformer is not loaded until `components.load_transformer()` (staged loading: encode everything with
+    Gemma, the connectors and the VAEs first, free Gemma, then bring in the transformer).
     """
     device = device or default_device()
     info = describe_model(name, text_encoder)
@@ -31,11 +33,16 @@ def load_model(name: str, *, device: torch.device | None = None, dtype: torch.dt
         from ltx2trainer.model.tiny import build_tiny_components
 
         components = build_tiny_components(seed, version=info.version).to(device)
+        if defer_transformer:  # built in a second with the rest; it just waits until stage 2
+            deferred, components.transformer = components.transformer, None
+            components.transformer_loader = lambda: deferred
     elif info.format == "official":
         from ltx2trainer.model.official.load import load_official
 
-        components = load_official(info, device=device, dtype=dtype or default_dtype(device))
+        components = load_official(info, device=device, dtype=dtype or default_dtype(device),
+                                   defer_transformer=defer_transformer)
     else:
-        components = load_components(name, dtype=dtype or default_dtype(device)).to(device)
+        components = load_components(name, dtype=dtype or default_dtype(device), device=device,
+                                     defer_transformer=defer_transformer)
     components.base = info
     return components

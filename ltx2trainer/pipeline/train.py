@@ -115,8 +115,10 @@ def run_training(
     main = accelerator.is_main_process
 
     phase("encoding")  # (the phases are DESIGN §5's: loading the model counts as encoding)
+    # Staged loading, stage 1: only what encoding needs (Gemma, connectors, VAEs); the transformer comes in
+    # after Gemma is freed, so the two never share the accelerator (26 + 38 GB for the real model in bf16).
     components = load_model(model, device=accelerator.device, seed=training_input.seed or 0,
-                            text_encoder=text_encoder)
+                            text_encoder=text_encoder, defer_transformer=True)
     cache_dir = cache_dir_for(work_dir, components)
     with accelerator.main_process_first():
         encoded = encode_dataset(dataset_dir, cache_dir, components, cancel=cancel)
@@ -131,11 +133,15 @@ def run_training(
         images = validation_images or [None] * len(training_input.validation)
         validator = Validator(components, ValidationSettings.from_input(training_input, images),
                               out_dir / "validation")
-    # Every text is encoded now: the text encoder (Gemma, 13 B parameters for real) is not needed again,
-    # and the VAEs, vocoder and connectors wait in host memory until validation needs them.
+    # Every text is encoded now (validation prompts included: validation re-encodes nothing), so the text
+    # encoder (Gemma, 13 B parameters for real) goes, and the VAEs, vocoder and connectors wait in host
+    # memory until validation needs them. Stage 2: the transformer.
     components.text_encoder = None
     gc.collect()
     components.park()
+    components.load_transformer()
+    if validator is not None:
+        validator.check_transformer()  # STG blocks in range: fail now, not at the first validation
 
     def step_hook(info: StepInfo) -> None:
         if on_step is not None:

@@ -301,7 +301,7 @@ class Validator:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.clips: list[ValidationClip] = []  # what was written, in the order it was written
-        ensure_stg_ready(components, settings.stg_scale)
+        self._transformer_checked = False
         encoded = encode_prompt_texts(components, [*settings.prompts, settings.negative_prompt])
         self._prompts, self._negative = encoded[:-1], encoded[-1]
         # Resolved now: it depends on the text encoder's generation, and the encoder may be freed later.
@@ -316,8 +316,15 @@ class Validator:
     def clip_path(self, step: int, prompt_index: int) -> Path:
         return self.out_dir / f"step_{step:06d}_prompt{prompt_index}.mp4"
 
+    def check_transformer(self) -> None:
+        """Make STG real on the (possibly just loaded) transformer; the prompts were encoded without it."""
+        if not self._transformer_checked:
+            ensure_stg_ready(self.components, self.settings.stg_scale)
+            self._transformer_checked = True
+
     def __call__(self, step: int) -> list[Path]:
         """Sample every prompt with the transformer's current weights; returns the clips written."""
+        self.check_transformer()
         settings = self.settings
         paths = []
         entries = zip(settings.prompts, self._prompts, self._images, strict=True)

@@ -142,11 +142,14 @@ def plan_load(header: dict[str, Any], config: dict[str, Any], modules: dict[str,
 
 def stream_tensors(path: Path, plan: LoadPlan, modules: dict[str, torch.nn.Module], *, device: torch.device,
                    dtype: torch.dtype) -> LoadReport:
-    """Read the planned tensors one by one into the (meta) modules, on `device` in `dtype`."""
+    """Read the planned tensors of `modules` (a subset of the plan's components is fine) one by one into the
+    (meta) modules, on `device` in `dtype`."""
     started = time.perf_counter()
     per_component = dict.fromkeys(modules, 0)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         for name, (component, key) in plan.targets.items():
+            if component not in modules:
+                continue
             module = modules[component]
             tensor = f.get_tensor(name)
             expected = _expected_shape(module, key)
@@ -196,8 +199,12 @@ def prompt_length(text_encoder, connectors) -> int:
     return max(registers, length // registers * registers)
 
 
-def load_official(info: BaseModelInfo, *, device: torch.device, dtype: torch.dtype):
-    """Components for `info` (an official file described by `describe_model`), ready to train on."""
+def load_official(info: BaseModelInfo, *, device: torch.device, dtype: torch.dtype, defer_transformer: bool = False):
+    """Components for `info` (an official file described by `describe_model`), ready to train on.
+
+    The whole file is planned and checked first either way; with `defer_transformer` only the encoder side
+    is read now and the transformer's tensors are streamed in by `components.load_transformer()`.
+    """
     from ltx2trainer.model.components import ModelComponents, enable_perturbed_attention
 
     path = Path(info.source)
@@ -206,20 +213,29 @@ def load_official(info: BaseModelInfo, *, device: torch.device, dtype: torch.dty
     shapes = {name: entry["shape"] for name, entry in header.items()}
     modules = build_empty_modules(shapes, config, info.version, path.name)
     plan = plan_load(header, config, modules, path.name)
-    report = stream_tensors(path, plan, modules, device=device, dtype=dtype)
+    now = {name: module for name, module in modules.items() if not (defer_transformer and name == TRANSFORMER)}
+    report = stream_tensors(path, plan, now, device=device, dtype=dtype)
     log.info("loaded %s: %d tensors (%s), %d skipped, in %.1f s", info.label(), report.tensors_loaded,
              ", ".join(f"{k} {v}" for k, v in report.per_component.items()), report.tensors_skipped, report.seconds)
     tokenizer, text_encoder = load_text_encoder(Path(info.text_encoder), device=device, dtype=dtype)
-    for module in modules.values():
-        module.eval()
     transformer = modules[TRANSFORMER]
-    enable_perturbed_attention(transformer)
+
+    def finish_transformer() -> torch.nn.Module:
+        if defer_transformer:
+            stream_tensors(path, plan, {TRANSFORMER: transformer}, device=device, dtype=dtype)
+        enable_perturbed_attention(transformer)
+        return transformer.eval()
+
+    for module in now.values():
+        module.eval()
     # The released models perturb a block near the end; a smaller (test) model perturbs its last one.
     stg_blocks = [min(block, transformer.config.num_layers - 1) for block in STG_BLOCKS[info.version]]
     modules[VAE].enable_tiling()
     return ModelComponents(
         tokenizer=tokenizer, text_encoder=text_encoder, connectors=modules[CONNECTORS], vae=modules[VAE],
-        audio_vae=modules[AUDIO_VAE], vocoder=modules[VOCODER], transformer=transformer,
+        audio_vae=modules[AUDIO_VAE], vocoder=modules[VOCODER],
+        transformer=None if defer_transformer else finish_transformer(),
+        transformer_loader=finish_transformer if defer_transformer else None,
         scheduler=FlowMatchEulerDiscreteScheduler(**configs.scheduler_config(config)), name=str(path),
         max_sequence_length=prompt_length(text_encoder, modules[CONNECTORS]), stg_blocks=stg_blocks,
         inference_steps=INFERENCE_STEPS[info.version], base=info,
