@@ -25,6 +25,6 @@ WORKDIR /app
 RUN pip install --no-cache-dir torch==2.13.0 --index-url ${TORCH_INDEX_URL}
 COPY pyproject.toml README.md ./
 COPY ltx2trainer ./ltx2trainer
-RUN pip install --no-cache-dir ".[worker]"
+RUN pip install --no-cache-dir ".[worker,gpu]"
 ENV LTX2T_DATA_DIR=/data
 CMD ["ltx2trainer", "worker"]

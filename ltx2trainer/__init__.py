@@ -1,0 +1,3 @@
+from ltx2trainer import import_noise
+
+import_noise.install()

@@ -7,6 +7,7 @@ schema, so limits and messages match the API.
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,21 @@ from ltx2trainer.settings import get_settings
 MODEL_HELP = ("'tiny' or 'tiny-2.3' (random weights, CPU), an official LTX-2.0/2.3 single-file .safetensors "
               "(with --text-encoder), or a diffusers-format folder / hub id (default: LTX2T_MODEL).")
 TEXT_ENCODER_HELP = "Gemma-3 folder paired with an official single-file checkpoint (default: LTX2T_TEXT_ENCODER)."
+BASE_PRECISION_HELP = ("How the frozen transformer's weights are stored: bf16 (as loaded), int8 (weight-only, "
+                       "about half of bf16; any device) or fp8 (weight-only; GPUs of compute capability 8.9+).")
+OPTIMIZER_HELP = "adamw, or adamw8bit (bitsandbytes' 8-bit AdamW: CUDA GPUs with bitsandbytes installed)."
+ACCUMULATION_HELP = "Micro-batches per optimizer step: the effective batch is batch size x this."
+
+
+class BasePrecisionChoice(str, Enum):
+    bf16 = "bf16"
+    int8 = "int8"
+    fp8 = "fp8"
+
+
+class OptimizerChoice(str, Enum):
+    adamw = "adamw"
+    adamw8bit = "adamw8bit"
 
 
 def train(
@@ -53,6 +69,9 @@ def train(
     generate_audio_in_validation: Annotated[bool, typer.Option(help="Audio in validation videos.")] = True,
     stg_scale: Annotated[float, typer.Option(help="Spatio-temporal guidance scale (0 disables).")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    base_precision: Annotated[BasePrecisionChoice, typer.Option(help=BASE_PRECISION_HELP)] = BasePrecisionChoice.bf16,
+    optimizer: Annotated[OptimizerChoice, typer.Option(help=OPTIMIZER_HELP)] = OptimizerChoice.adamw,
+    gradient_accumulation_steps: Annotated[int, typer.Option(min=1, help=ACCUMULATION_HELP)] = 1,
 ) -> None:
     """Train an LTX-2 LoRA on a prepared dataset."""
     prepared = _prepared_options(dataset)
@@ -81,7 +100,9 @@ def train(
     text_encoder = text_encoder or settings.text_encoder or None
     _check_model(model, text_encoder)
     run_with_progress(dataset, out, training_input, model=model, text_encoder=text_encoder,
-                      lora_dtype=lora_dtype.value, validation_images=list(validation_image) or None)
+                      lora_dtype=lora_dtype.value, validation_images=list(validation_image) or None,
+                      config_overrides={"base_precision": base_precision.value, "optimizer": optimizer.value,
+                                        "gradient_accumulation_steps": gradient_accumulation_steps})
 
 
 def _check_model(model: str, text_encoder: str | None) -> None:
@@ -96,8 +117,10 @@ def _check_model(model: str, text_encoder: str | None) -> None:
 
 
 def run_with_progress(dataset: Path, out: Path, training_input, *, model: str, text_encoder: str | None = None,
-                      lora_dtype: str = "bf16", validation_images: list[Path] | None = None) -> None:
-    """Run the train stage with a progress bar (step, loss, it/s, ETA) and print where the outputs are."""
+                      lora_dtype: str = "bf16", validation_images: list[Path] | None = None,
+                      config_overrides: dict[str, Any] | None = None) -> None:
+    """Run the train stage with a progress bar (step, loss, it/s, ETA) and print where the outputs are.
+    `config_overrides`: `TrainConfig` fields (base precision, optimizer, accumulation)."""
     from ltx2trainer.pipeline.train import run_training
 
     with _step_progress() as bar:
@@ -105,7 +128,7 @@ def run_with_progress(dataset: Path, out: Path, training_input, *, model: str, t
         try:
             result = run_training(
                 dataset, out, training_input, model=model, text_encoder=text_encoder, lora_dtype=lora_dtype,
-                validation_images=validation_images,
+                validation_images=validation_images, config_overrides=config_overrides,
                 on_phase=lambda name: bar.update(task, phase=name),
                 on_step=lambda info: bar.update(task, completed=info.step, loss=info.loss),
             )

@@ -92,6 +92,30 @@ def test_train_rejects_an_unknown_lora_dtype(prepared, tmp_path):
     assert run.returncode == 2 and "fp16" in run.stderr
 
 
+@pytest.mark.parametrize(("option", "expected"), [
+    (["--base-precision", "fp8"],
+     "error (unsupported_hardware): fp8 base precision needs a GPU with fp8 support (compute capability 8.9+, "
+     "e.g. L40S, H100); use int8"),
+    (["--optimizer", "adamw8bit"],
+     "error (unsupported_hardware): optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit AdamW has CUDA "
+     "kernels only) and this run is on the CPU; use optimizer adamw"),
+])
+def test_train_refuses_what_this_machine_cannot_run_before_loading_anything(prepared, tmp_path, option, expected):
+    out = tmp_path / "o"
+    run = subprocess.run([*CLI, "train", str(prepared / "ds"), "--out", str(out), "--model", "tiny", *option],
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert expected in " ".join(run.stderr.split()), run.stderr[-2000:]  # (rich wraps long lines)
+    assert not out.exists()  # refused before encoding
+
+
+def test_train_names_an_unknown_base_precision_or_accumulation(prepared, tmp_path):
+    for option in (["--base-precision", "int4"], ["--gradient-accumulation-steps", "0"]):
+        run = subprocess.run([*CLI, "train", str(prepared / "ds"), "--out", str(tmp_path / "o"), *option],
+                             capture_output=True, text=True, check=False, timeout=120)
+        assert run.returncode == 2 and option[0] in run.stderr, run.stderr[-2000:]
+
+
 # --- the base model: bad files are named before anything loads; a LoRA of another version is refused ------------
 
 LTX2_KEYS = ("model.diffusion_model.audio_adaln_single.linear.weight",

@@ -1,5 +1,5 @@
 """The training engine on the tiny preset: encode once, sigma sampling, first-frame conditioning, resume,
-early stop, and that it actually learns."""
+early stop, gradient accumulation, the optimizer choice, and that it actually learns."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pytest
 import torch
 from diffusers import LTX2Pipeline
 
+from ltx2trainer.errors import UserInputError
 from ltx2trainer.model.lora import LORA_TARGET_MODULES, attach_lora
 from ltx2trainer.model.presets import load_model
 from ltx2trainer.pipeline.encode import encode_dataset, silence_latents
 from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
+from ltx2trainer.training import trainer as trainer_module
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.flow import prepare_flow_step
 from ltx2trainer.training.probe import probe_loss
@@ -137,8 +139,10 @@ def test_audio_sigma_is_shared_or_independent_as_configured(encoded):
     assert not torch.equal(independent.model_kwargs["audio_sigma"], independent.model_kwargs["sigma"])
 
 
-def test_five_steps_resume_five_steps_equals_ten_straight(encoded, tmp_path):
-    config = TrainConfig(number_of_steps=10, learning_rate=1e-3, rank=8, seed=3)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_five_steps_resume_five_steps_equals_ten_straight(encoded, tmp_path, accumulation):
+    config = TrainConfig(number_of_steps=10, learning_rate=1e-3, rank=8, seed=3,
+                         gradient_accumulation_steps=accumulation)
     straight = train_lora(load_model("tiny"), TrainingData.load(encoded), config, tmp_path / "a",
                           sample_ids=ids(encoded))
 
@@ -251,12 +255,13 @@ def test_image_datasets_train_without_audio_or_first_frame_conditioning(tmp_path
     assert len(result.losses) == 6 and all(loss > 0 for loss in result.losses)
 
 
-def test_gradient_checkpointing_gives_the_same_steps(encoded, tmp_path):
-    config = TrainConfig(number_of_steps=3, rank=8)
+@pytest.mark.parametrize("base_precision", ["bf16", "int8"])
+def test_gradient_checkpointing_gives_the_same_steps(encoded, tmp_path, base_precision):
+    config = TrainConfig(number_of_steps=3, rank=8, base_precision=base_precision)
     plain = train_lora(load_model("tiny"), TrainingData.load(encoded), config, tmp_path / "a", sample_ids=ids(encoded))
     checkpointed = train_lora(load_model("tiny"), TrainingData.load(encoded),
-                              TrainConfig(number_of_steps=3, rank=8, gradient_checkpointing=True), tmp_path / "b",
-                              sample_ids=ids(encoded))
+                              TrainConfig(number_of_steps=3, rank=8, gradient_checkpointing=True,
+                                          base_precision=base_precision), tmp_path / "b", sample_ids=ids(encoded))
     assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-4)
 
 
@@ -275,3 +280,62 @@ def test_training_losses_are_reported_per_step(encoded, tmp_path):
     result = train_lora(load_model("tiny"), TrainingData.load(encoded), TrainConfig(number_of_steps=8, rank=8),
                         tmp_path, sample_ids=ids(encoded))
     assert len(result.losses) == 8 and statistics.fmean(result.losses) > 0
+
+
+# --- gradient accumulation and the optimizer ----------------------------------------------------------------------
+
+
+def test_accumulating_two_batches_of_one_equals_one_batch_of_two(encoded, tmp_path, monkeypatch):
+    """Same samples, sigmas and noise; the same gradients (so loss scaling is right: clipping is off here, and
+    Adam alone would hide a scale error), the same loss, learning rates and LoRA."""
+    real_make_optimizer = trainer_module.make_optimizer
+    seen: dict[str, list] = {}
+
+    def spying_make_optimizer(name, parameters, *, lr):
+        optimizer = real_make_optimizer(name, parameters, lr=lr)
+        grads = seen.setdefault("grads", [])
+        seen.setdefault("fused", []).append(optimizer.defaults["fused"])
+        optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: grads.append([p.grad.clone() for p in opt.param_groups[0]["params"]]))
+        return optimizer
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", spying_make_optimizer)
+    runs = {}
+    for batch, accumulation in ((2, 1), (1, 2)):
+        seen["grads"] = []
+        infos = []
+        result = train_lora(load_model("tiny"), TrainingData.load(encoded),
+                            TrainConfig(number_of_steps=3, learning_rate=1e-3, rank=8, seed=3, batch_size=batch,
+                                        gradient_accumulation_steps=accumulation, max_grad_norm=0.0),
+                            tmp_path / f"{batch}x{accumulation}", sample_ids=ids(encoded), on_step=infos.append)
+        runs[accumulation] = (seen["grads"], infos, result.lora_state)
+    (grads_one, infos_one, lora_one), (grads_two, infos_two, lora_two) = runs[1], runs[2]
+    assert seen["fused"] == [True, True]  # torch's fused AdamW, on the CPU too
+    assert len(grads_one) == len(grads_two) == 3  # one optimizer step per step, whatever the accumulation
+    for step_one, step_two in zip(grads_one, grads_two):
+        assert any(bool(g.any()) for g in step_one)
+        for g1, g2 in zip(step_one, step_two):
+            torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
+    assert [i.loss for i in infos_two] == pytest.approx([i.loss for i in infos_one], rel=1e-5)
+    assert [i.lr for i in infos_two] == [i.lr for i in infos_one]  # the schedule counts optimizer steps
+    for key, value in lora_one.items():
+        torch.testing.assert_close(lora_two[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_accumulation_changes_the_fingerprint_and_defaults_keep_old_checkpoints_resumable():
+    config = TrainConfig(number_of_steps=10, rank=8, seed=3)
+    assert config.fingerprint("tiny", ["b", "a"]) == "39fe50eed5850d2f"  # as before these settings existed
+    for changed in ({"gradient_accumulation_steps": 2}, {"base_precision": "int8"}, {"optimizer": "adamw8bit"}):
+        other = TrainConfig(number_of_steps=10, rank=8, seed=3, **changed)
+        assert other.fingerprint("tiny", ["b", "a"]) != "39fe50eed5850d2f", changed
+
+
+def test_adamw8bit_is_refused_without_a_cuda_gpu_before_training(encoded, tmp_path):
+    components = load_model("tiny")
+    with pytest.raises(UserInputError) as caught:
+        train_lora(components, TrainingData.load(encoded), TrainConfig(number_of_steps=2, optimizer="adamw8bit"),
+                   tmp_path, sample_ids=ids(encoded))
+    assert caught.value.code == "unsupported_hardware"
+    assert caught.value.message == ("optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit AdamW has CUDA "
+                                    "kernels only) and this run is on the CPU; use optimizer adamw")
+    assert not getattr(components.transformer, "peft_config", None)  # refused before the LoRA was attached

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,12 @@ def attach_lora(transformer: torch.nn.Module, rank: int) -> list[torch.nn.Parame
     LoRA weights are kept in float32 whatever the base weights' dtype, so small updates are not lost.
     """
     transformer.requires_grad_(False)
-    transformer.add_adapter(lora_config(rank))
+    with warnings.catch_warnings():
+        # On a torchao-quantized base (model/quantize.py) PEFT warns that its LoRA layers cannot merge into the
+        # quantized weights. Training never merges: the adapter is exported on its own, in the same format
+        # whatever the base precision, and merged (if at all) into a full-precision model by whoever loads it.
+        warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without", category=UserWarning)
+        transformer.add_adapter(lora_config(rank))
     parameters = [p for p in transformer.parameters() if p.requires_grad]
     for parameter in parameters:
         parameter.data = parameter.data.float()

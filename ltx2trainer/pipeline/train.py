@@ -29,7 +29,7 @@ from ltx2trainer.pipeline.preprocess.manifest import read_manifest
 from ltx2trainer.pipeline.validate import ValidationSettings, Validator
 from ltx2trainer.schemas import TrainingInput
 from ltx2trainer.training.data import TrainingData
-from ltx2trainer.training.trainer import StepInfo, TrainConfig, train_lora
+from ltx2trainer.training.trainer import StepInfo, TrainConfig, check_train_config, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,24 @@ def train_config_for(training_input: TrainingInput, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def training_summary(losses: list[float], steps: int, processes: int, samples: int, has_audio: bool) -> dict:
-    """What config.json records about the run (losses of this process's run; a resumed run's own steps)."""
+def training_summary(losses: list[float], steps: int, processes: int, samples: int, has_audio: bool,
+                     config: TrainConfig | None = None) -> dict:
+    """What config.json records about the run (losses of this process's run; a resumed run's own steps), and
+    how it was trained where that is not in the request: base precision, optimizer, batch and accumulation."""
     window = min(10, len(losses))
     mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
-    return {
+    summary = {
         "steps": steps, "processes": processes, "samples": samples, "dataset_has_audio": has_audio,
         "final_loss": losses[-1] if losses else None,
         "loss_first_10": mean(losses[:window]), "loss_last_10": mean(losses[-window:]),
     }
+    if config is not None:
+        summary.update(
+            base_precision=config.base_precision, optimizer=config.optimizer, batch_size=config.batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            effective_batch_size=config.effective_batch_size * processes,  # samples per optimizer step, all processes
+        )
+    return summary
 
 
 def run_training(
@@ -106,13 +115,18 @@ def run_training(
     hub id; a bad one raises `ModelError` before anything is encoded. The LoRA files are written in
     `lora_dtype` ("bf16" or "fp32"). `work_dir` holds the latent cache and checkpoints (default
     `out_dir/.work`); reusing it resumes.
-    `on_validation(step, clip paths)` is called after each validation round.
+    `on_validation(step, clip paths)` is called after each validation round. `config_overrides` sets
+    `TrainConfig` fields the request has no say in (e.g. `base_precision`, `optimizer`,
+    `gradient_accumulation_steps`); settings this device cannot train with fail before anything loads.
     """
     started = time.perf_counter()
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     work_dir = work_dir or out_dir / ".work"
     phase = on_phase or (lambda name: None)
     main = accelerator.is_main_process
+    config = train_config_for(training_input, **(config_overrides or {}))
+    # fp8 without fp8 hardware, adamw8bit without CUDA: refused now, not after minutes of loading and encoding.
+    check_train_config(config, accelerator.device)
 
     phase("encoding")  # (the phases are DESIGN §5's: loading the model counts as encoding)
     # Staged loading, stage 1: only what encoding needs (Gemma, connectors, VAEs); the transformer comes in
@@ -158,7 +172,6 @@ def run_training(
         phase("training")
 
     phase("training")
-    config = train_config_for(training_input, **(config_overrides or {}))
     trained = train_lora(
         components, data, config, work_dir / "checkpoints", sample_ids=[s.id for s in encoded.samples],
         accelerator=accelerator, on_step=step_hook, on_validate=validate if validator else None,
@@ -179,7 +192,7 @@ def run_training(
             out_dir, trained.lora_state, training_input, base_model=base, lora_dtype=lora_dtype,
             steps=trained.steps_done,
             extra={"training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,
-                                                len(encoded.samples), data.has_audio)},
+                                                len(encoded.samples), data.has_audio, config)},
         )
         if validator is not None:
             result.validation_clips = [clip.path for clip in validator.clips]

@@ -49,6 +49,33 @@ class FlowStep:
     video_sigma: torch.Tensor  # [B]
     conditioned: torch.Tensor  # [B] bool: first frame given this step
 
+    def split(self, parts: int) -> list[FlowStep]:
+        """The step as `parts` equal micro-batches (views, no copies), for gradient accumulation.
+
+        Everything random was drawn for the whole batch, so micro-batches of one step see exactly the sigmas,
+        noise and conditioning the whole batch would, and since `flow_matching_loss` is a mean of per-sample
+        terms over equal-sized parts, the mean of their losses is the whole batch's loss.
+        """
+        size = self.video_target.shape[0]
+        if parts < 1 or size % parts:
+            raise ValueError(f"a batch of {size} does not split into {parts} equal micro-batches")
+        if parts == 1:
+            return [self]
+        chunk = size // parts
+
+        def cut(value: Any, i: int) -> Any:
+            return value[i * chunk:(i + 1) * chunk] if isinstance(value, torch.Tensor) else value
+
+        return [
+            FlowStep(
+                model_kwargs={key: cut(value, i) for key, value in self.model_kwargs.items()},
+                video_target=cut(self.video_target, i), video_loss_mask=cut(self.video_loss_mask, i),
+                audio_target=cut(self.audio_target, i), audio_in_loss=self.audio_in_loss,
+                video_sigma=cut(self.video_sigma, i), conditioned=cut(self.conditioned, i),
+            )
+            for i in range(parts)
+        ]
+
 
 def prepare_flow_step(
     batch: Batch,

@@ -1,9 +1,9 @@
 """The LoRA training loop: flow matching on cached latents, AdamW, checkpoints, resume, a per-step hook.
 
-Reads top to bottom: set up (LoRA, optimizer, schedule, Accelerate), maybe resume, then per step draw the
-batch and noise from a generator seeded by (seed, step, rank), predict velocities, take the masked MSE,
-step the optimizer, and report. Everything random is a function of the step, so 5 steps + resume + 5
-steps equal 10 straight steps.
+Reads top to bottom: set up (base precision, LoRA, optimizer, schedule, Accelerate), maybe resume, then per
+step draw the batch and noise from a generator seeded by (seed, step, rank), predict velocities over its
+micro-batches (gradient accumulation), take the masked MSE, step the optimizer once, and report. Everything
+random is a function of the step, so 5 steps + resume + 5 steps equal 10 straight steps.
 
 `on_step(StepInfo)` is where progress reporting, billing and cancellation hang; if it raises, the loop
 saves a checkpoint of the step just completed and re-raises, so a cancelled job still has its last
@@ -12,6 +12,7 @@ weights. `on_validate(step)` is called every `validation_every` steps and after 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +24,18 @@ from accelerate import Accelerator
 
 from ltx2trainer.model.components import ModelComponents
 from ltx2trainer.model.lora import LORA_TARGET_MODULES, attach_lora, load_lora_state, lora_state_dict
+from ltx2trainer.model.quantize import (
+    BasePrecision,
+    check_base_precision,
+    quantize_base,
+    quantized_parameter_names,
+    weight_bytes,
+)
 from ltx2trainer.pipeline.preprocess.manifest import fingerprint
 from ltx2trainer.training.checkpoint import Checkpoint, latest_resumable, load_checkpoint, save_checkpoint
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.flow import AudioSigmaMode, flow_matching_loss, prepare_flow_step
+from ltx2trainer.training.optimizer import OptimizerName, check_optimizer, make_optimizer
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
 log = logging.getLogger(__name__)
@@ -34,7 +43,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Learning rate decays linearly to `final_lr_fraction` of itself over the run."""
+    """How to train. Learning rate decays linearly to `final_lr_fraction` of itself over the run.
+
+    Each optimizer step sees `batch_size * gradient_accumulation_steps` samples per process, in
+    `gradient_accumulation_steps` forward/backward passes of `batch_size`; the schedule, clipping and
+    checkpoints count optimizer steps. `base_precision` stores the frozen transformer's Linear weights as
+    loaded ("bf16": whatever dtype the model was loaded in) or weight-only "int8" / "fp8"
+    (`model/quantize.py`); the LoRA trains in fp32 either way.
+    """
 
     number_of_steps: int
     learning_rate: float = 2e-4
@@ -49,12 +65,39 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only when stopped early
     keep_checkpoints: int = 2
     validation_every: int = 0  # steps; 0 = only after the last step
+    gradient_accumulation_steps: int = 1
+    base_precision: BasePrecision = "bf16"
+    optimizer: OptimizerName = "adamw"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("batch_size and gradient_accumulation_steps must be at least 1")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Samples per optimizer step and process."""
+        return self.batch_size * self.gradient_accumulation_steps
 
     def fingerprint(self, model_name: str, sample_ids: list[str]) -> str:
-        """What a checkpoint must match to be resumed (not the intervals: changing those is harmless)."""
+        """What a checkpoint must match to be resumed (not the intervals: changing those is harmless).
+
+        The settings added later are left out at their defaults, so that a checkpoint written before they
+        existed still matches a run configured the same way.
+        """
         settings = {k: v for k, v in asdict(self).items()
-                    if k not in ("checkpoint_every", "keep_checkpoints", "validation_every")}
+                    if k not in ("checkpoint_every", "keep_checkpoints", "validation_every")
+                    and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
         return fingerprint([settings, model_name, sorted(sample_ids), LORA_TARGET_MODULES])
+
+
+_LATER_DEFAULTS = {"gradient_accumulation_steps": 1, "base_precision": "bf16", "optimizer": "adamw"}
+
+
+def check_train_config(config: TrainConfig, device: torch.device | str) -> None:
+    """Refuse, before any model is loaded, settings this device cannot train with (fp8 without fp8
+    hardware, adamw8bit without CUDA or bitsandbytes): `UserInputError` naming the cause and the alternative."""
+    check_base_precision(config.base_precision, device)
+    check_optimizer(config.optimizer, device)
 
 
 @dataclass(frozen=True)
@@ -93,7 +136,12 @@ def train_lora(
 ) -> TrainResult:
     """Train a LoRA on `components.transformer` (it is attached here) and return its final weights."""
     accelerator = accelerator or Accelerator(cpu=components.device.type == "cpu")
+    check_train_config(config, accelerator.device)
     transformer = components.transformer
+    # Before the LoRA: quantizing afterwards would quantize the adapter's layers too (model/quantize.py).
+    quantize_base(transformer, config.base_precision)
+    stored = config.base_precision if config.base_precision != "bf16" else f"as loaded, {transformer.proj_in.weight.dtype}"
+    log.info("base transformer: %s, %.3g GB of weights", stored, weight_bytes(transformer) / 1e9)
     with torch.random.fork_rng(devices=[]):  # LoRA A matrices are random: draw them from the run's seed
         torch.manual_seed(config.seed)
         parameters = attach_lora(transformer, config.rank)
@@ -101,7 +149,7 @@ def train_lora(
         transformer.enable_gradient_checkpointing()
     transformer.train()
 
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    optimizer = make_optimizer(config.optimizer, parameters, lr=config.learning_rate)
     decay = (1.0 - config.final_lr_fraction) / max(config.number_of_steps, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - decay * done)
     run_fingerprint = config.fingerprint(components.name, sample_ids)
@@ -117,8 +165,16 @@ def train_lora(
         log.info("resuming from step %d (%s)", start, checkpoint.path)
 
     # Only the model goes through Accelerate (DDP wrapping, device placement). The optimizer stays plain:
-    # there is no fp16 loss scaling or gradient accumulation to manage, and Accelerate's wrapper costs
-    # ~0.15 ms a step (a tiny model's steps are ~30 ms).
+    # there is no fp16 loss scaling to manage, accumulation is a loop over micro-batches below (Accelerate's
+    # `no_sync` skips DDP's all-reduce on all but the last), and Accelerate's optimizer wrapper costs ~0.15 ms
+    # a step (a tiny model's steps are ~30 ms).
+    if quantized := quantized_parameter_names(transformer):
+        # DDP broadcasts every parameter from the first process when it wraps the model and cannot flatten
+        # torchao's tensors. The quantized base is frozen and the same on every process (same weights, same
+        # deterministic quantization), so DDP is told to leave it alone.
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, quantized)
     model = accelerator.prepare(transformer)
     sampler = ShiftedLogitNormalSampler()
     dtype = transformer.proj_in.weight.dtype  # the base weights' dtype (LoRA weights are float32)
@@ -133,29 +189,38 @@ def train_lora(
                                                  keep=config.keep_checkpoints)
         return result.last_checkpoint
 
+    accumulation = config.gradient_accumulation_steps
     started = time.perf_counter()
     for step in range(start + 1, config.number_of_steps + 1):
-        # All randomness of this step (batch, sigmas, noise, conditioning) comes from this generator.
+        # All randomness of this step (batch, sigmas, noise, conditioning) comes from this generator, drawn
+        # for the whole effective batch at once: accumulating 2 x 1 sees exactly what one batch of 2 would.
         generator = torch.Generator().manual_seed(
             (config.seed * 1_000_003 + step) * 1_009 + accelerator.process_index
         )
-        indices = data.indices(step, config.batch_size, config.seed, accelerator.process_index,
+        indices = data.indices(step, config.effective_batch_size, config.seed, accelerator.process_index,
                                accelerator.num_processes)
         flow = prepare_flow_step(
             data.batch(indices), sampler, generator, first_frame_p=config.first_frame_conditioning_p,
             audio_sigma_mode=config.audio_sigma, device=accelerator.device, dtype=dtype,
         )
-        with accelerator.autocast():
-            video_pred, audio_pred = model(**flow.model_kwargs)
-        loss, video_loss, audio_loss = flow_matching_loss(video_pred, audio_pred, flow)
-        accelerator.backward(loss)
+        step_losses = []
+        for i, micro in enumerate(flow.split(accumulation)):
+            # DDP all-reduces gradients in backward: only the last micro-batch's needs to.
+            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
+            with sync:
+                with accelerator.autocast():
+                    video_pred, audio_pred = model(**micro.model_kwargs)
+                loss, video_loss, audio_loss = flow_matching_loss(video_pred, audio_pred, micro)
+                # Gradients add up over micro-batches: each counts 1/accumulation, as in the mean of one batch.
+                accelerator.backward(loss / accumulation)
+            step_losses.append(torch.stack([loss.detach(), video_loss, audio_loss]))
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
-        losses = accelerator.reduce(torch.stack([loss.detach(), video_loss, audio_loss]), reduction="mean")
+        losses = accelerator.reduce(torch.stack(step_losses).mean(dim=0), reduction="mean")
         info = StepInfo(step, config.number_of_steps, float(losses[0]), float(losses[1]), float(losses[2]),
                         schedule.get_last_lr()[0], time.perf_counter() - started)
         result.losses.append(info.loss)
