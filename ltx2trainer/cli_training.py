@@ -35,6 +35,8 @@ BASE_PRECISION_HELP = ("How the frozen transformer's weights are stored: bf16 (a
                        "about half of bf16; any device) or fp8 (weight-only; GPUs of compute capability 8.9+).")
 OPTIMIZER_HELP = "adamw, or adamw8bit (bitsandbytes' 8-bit AdamW: CUDA GPUs with bitsandbytes installed)."
 ACCUMULATION_HELP = "Micro-batches per optimizer step: the effective batch is batch size x this."
+SHARDING_HELP = ("Under `accelerate launch` with several processes: ddp (each holds the whole transformer) or "
+                 "fsdp (each holds 1/N of it: the 19B model on GPUs that cannot hold it alone).")
 
 
 class BasePrecisionChoice(str, Enum):
@@ -46,6 +48,11 @@ class BasePrecisionChoice(str, Enum):
 class OptimizerChoice(str, Enum):
     adamw = "adamw"
     adamw8bit = "adamw8bit"
+
+
+class ShardingChoice(str, Enum):
+    ddp = "ddp"
+    fsdp = "fsdp"
 
 
 def train(
@@ -72,6 +79,7 @@ def train(
     base_precision: Annotated[BasePrecisionChoice, typer.Option(help=BASE_PRECISION_HELP)] = BasePrecisionChoice.bf16,
     optimizer: Annotated[OptimizerChoice, typer.Option(help=OPTIMIZER_HELP)] = OptimizerChoice.adamw,
     gradient_accumulation_steps: Annotated[int, typer.Option(min=1, help=ACCUMULATION_HELP)] = 1,
+    sharding: Annotated[ShardingChoice, typer.Option(help=SHARDING_HELP)] = ShardingChoice.ddp,
 ) -> None:
     """Train an LTX-2 LoRA on a prepared dataset."""
     prepared = _prepared_options(dataset)
@@ -102,7 +110,8 @@ def train(
     run_with_progress(dataset, out, training_input, model=model, text_encoder=text_encoder,
                       lora_dtype=lora_dtype.value, validation_images=list(validation_image) or None,
                       config_overrides={"base_precision": base_precision.value, "optimizer": optimizer.value,
-                                        "gradient_accumulation_steps": gradient_accumulation_steps})
+                                        "gradient_accumulation_steps": gradient_accumulation_steps,
+                                        "sharding": sharding.value})
 
 
 def _check_model(model: str, text_encoder: str | None) -> None:

@@ -54,3 +54,48 @@ def test_two_cpu_processes_train_a_valid_lora_with_falling_loss(tmp_path):
     pipe = LTX2Pipeline.from_pretrained(str(base))
     pipe.load_lora_weights(str(tmp_path / "out" / "lora.safetensors"))
     assert pipe.transformer.peft_config["default_0"].r == 8
+
+
+def _launch(tmp_path: Path, dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               "-m", "ltx2trainer.cli", "train", str(dataset), "--out", str(out),
+               "--number-of-steps", "100", "--rank", "8", "--learning-rate", "0.002",
+               "--first-frame-conditioning-p", "0", "--lora-dtype", "fp32", "--validation-prompt", "a bars test clip",
+               "--validation-resolution", "low", "--validation-number-of-frames", "9", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_transformer_and_trains_exactly_like_ddp(tmp_path):
+    """Two gloo processes, each holding half of every transformer tensor (FSDP2), give the loss curve and
+    the LoRA of two DDP processes (same data and noise per process), with validation videos on the way.
+
+    DDP is the reference rather than one process: two processes draw different samples and noise than one
+    does, so only the sharding may differ between the two runs compared.
+    """
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name, source in (("bars", "smptebars"), ("pattern", "testsrc2")):
+        make_video(clips / f"{name}.mp4", seconds=0.6, source=source, tone_hz=440)
+        (clips / f"{name}.txt").write_text(f"a {name} test clip")
+    prepare_dataset(clips, tmp_path / "ds", PrepareOptions(number_of_frames=9, width=128, height=128))
+
+    runs = {}
+    for sharding in ("ddp", "fsdp"):
+        out = tmp_path / sharding
+        run = _launch(tmp_path, tmp_path / "ds", out, "--sharding", sharding)
+        assert run.returncode == 0, run.stderr[-3000:]
+        config = json.loads((out / "config.json").read_text())
+        assert config["training"]["sharding"] == sharding and config["training"]["processes"] == 2
+        assert (out / "validation.mp4").exists()  # validation ran under both (all processes in lockstep for FSDP)
+        runs[sharding] = config["training"], load_file(str(out / "lora.safetensors"))
+
+    (ddp, ddp_lora), (fsdp, fsdp_lora) = runs["ddp"], runs["fsdp"]
+    for key in ("loss_first_10", "loss_last_10", "final_loss"):
+        assert fsdp[key] == pytest.approx(ddp[key], rel=1e-5), key
+    assert fsdp["loss_last_10"] < 0.9 * fsdp["loss_first_10"]
+    assert fsdp_lora.keys() == ddp_lora.keys()
+    worst = max((fsdp_lora[k] - ddp_lora[k]).abs().max().item() for k in ddp_lora)
+    assert worst < 1e-5, worst  # measured ~1e-7: summation order only

@@ -80,8 +80,13 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's weights, keyed by module path (`transformer_blocks.0.attn1.to_q.lora_A.weight`)."""
     from peft.utils import get_peft_model_state_dict
 
+    from ltx2trainer.training.sharding import gathered_lora_state, is_sharded
+
     unwrapped = getattr(transformer, "module", transformer)  # DDP wraps the model
-    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped).items()}
+    # FSDP shards every tensor: gather them whole first (collective: every process must call this).
+    state = gathered_lora_state(unwrapped) if is_sharded(unwrapped) else None
+    return {k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(unwrapped, state_dict=state).items()}
 
 
 def load_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -86,7 +86,7 @@ def training_summary(losses: list[float], steps: int, processes: int, samples: i
     if config is not None:
         summary.update(
             base_precision=config.base_precision, optimizer=config.optimizer, batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            gradient_accumulation_steps=config.gradient_accumulation_steps, sharding=config.sharding,
             effective_batch_size=config.effective_batch_size * processes,  # samples per optimizer step, all processes
         )
     return summary
@@ -143,10 +143,13 @@ def run_training(
     data = TrainingData.load(encoded, silence)
 
     validator = None
-    if training_input.validation and main:
+    # A sharded (FSDP) transformer's forward needs every process, so then every process samples in
+    # lockstep; only the main one's clips are kept and published.
+    sharded = config.sharding == "fsdp" and accelerator.num_processes > 1
+    if training_input.validation and (main or sharded):
         images = validation_images or [None] * len(training_input.validation)
-        validator = Validator(components, ValidationSettings.from_input(training_input, images),
-                              out_dir / "validation")
+        clips_dir = out_dir / "validation" if main else work_dir / f"validation-process-{accelerator.process_index}"
+        validator = Validator(components, ValidationSettings.from_input(training_input, images), clips_dir)
     # Every text is encoded now (validation prompts included: validation re-encodes nothing), so the text
     # encoder (Gemma, 13 B parameters for real) goes, and the VAEs, vocoder and connectors wait in host
     # memory until validation needs them. Stage 2: the transformer.
@@ -163,18 +166,21 @@ def run_training(
         if cancel is not None and cancel():
             raise JobCancelled(f"cancelled after step {info.step}")
 
+    # Given to every process when there is validation, though only the main one samples (all of them under
+    # FSDP): the loop waits for everyone after a validation round, and a process without the callback would
+    # skip that barrier and run ahead into the next step's all-reduce (a deadlock).
     def validate(step: int) -> None:
         phase("validating")
         with components.unparked():
             clips = validator(step)
-        if on_validation is not None:
+        if on_validation is not None and main:
             on_validation(step, clips)  # e.g. published while training goes on
         phase("training")
 
     phase("training")
     trained = train_lora(
         components, data, config, work_dir / "checkpoints", sample_ids=[s.id for s in encoded.samples],
-        accelerator=accelerator, on_step=step_hook, on_validate=validate if validator else None,
+        accelerator=accelerator, on_step=step_hook, on_validate=validate if training_input.validation else None,
     )
 
     result = TrainingRunResult(

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ltx2trainer.errors import UserInputError
 from ltx2trainer.model.components import ModelComponents
 from ltx2trainer.model.lora import LORA_TARGET_MODULES, attach_lora, load_lora_state, lora_state_dict
 from ltx2trainer.model.quantize import (
@@ -36,6 +37,13 @@ from ltx2trainer.training.checkpoint import Checkpoint, latest_resumable, load_c
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.flow import AudioSigmaMode, flow_matching_loss, prepare_flow_step
 from ltx2trainer.training.optimizer import OptimizerName, check_optimizer, make_optimizer
+from ltx2trainer.training.sharding import (
+    SHARDINGS,
+    Sharding,
+    full_optimizer_state,
+    load_full_optimizer_state,
+    shard_transformer,
+)
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     base_precision: BasePrecision = "bf16"
     optimizer: OptimizerName = "adamw"
+    sharding: Sharding = "ddp"  # with several processes: "fsdp" shards the transformer (training/sharding.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
@@ -90,7 +99,8 @@ class TrainConfig:
         return fingerprint([settings, model_name, sorted(sample_ids), LORA_TARGET_MODULES])
 
 
-_LATER_DEFAULTS = {"gradient_accumulation_steps": 1, "base_precision": "bf16", "optimizer": "adamw"}
+_LATER_DEFAULTS = {"gradient_accumulation_steps": 1, "base_precision": "bf16", "optimizer": "adamw",
+                   "sharding": "ddp"}
 
 
 def check_train_config(config: TrainConfig, device: torch.device | str) -> None:
@@ -98,6 +108,13 @@ def check_train_config(config: TrainConfig, device: torch.device | str) -> None:
     hardware, adamw8bit without CUDA or bitsandbytes): `UserInputError` naming the cause and the alternative."""
     check_base_precision(config.base_precision, device)
     check_optimizer(config.optimizer, device)
+    if config.sharding not in SHARDINGS:
+        raise UserInputError(f"sharding must be one of {', '.join(SHARDINGS)}, not {config.sharding!r}")
+    if config.sharding == "fsdp" and config.base_precision != "bf16":
+        raise UserInputError(
+            f"sharding fsdp with a {config.base_precision} base is not supported: torchao's quantized weights "
+            "cannot be sharded; use base_precision bf16 with fsdp, or ddp with an int8/fp8 base",
+            code="unsupported_hardware")
 
 
 @dataclass(frozen=True)
@@ -149,44 +166,58 @@ def train_lora(
         transformer.enable_gradient_checkpointing()
     transformer.train()
 
+    run_fingerprint = config.fingerprint(components.name, sample_ids)
+    found = latest_resumable(checkpoint_dir, run_fingerprint) if resume else None
+    state: dict = {}
+    if found is not None:  # the LoRA weights go in before sharding, while they are whole tensors
+        lora_state, state = load_checkpoint(found)
+        load_lora_state(transformer, {k: v.to(components.device) for k, v in lora_state.items()})
+    fsdp = config.sharding == "fsdp" and accelerator.num_processes > 1
+    if fsdp:
+        shard_transformer(transformer)
+        parameters = [p for p in transformer.parameters() if p.requires_grad]  # now the local shards
+
     optimizer = make_optimizer(config.optimizer, parameters, lr=config.learning_rate)
     decay = (1.0 - config.final_lr_fraction) / max(config.number_of_steps, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - decay * done)
-    run_fingerprint = config.fingerprint(components.name, sample_ids)
 
     start, resumed_from = 0, None
-    if resume and (checkpoint := latest_resumable(checkpoint_dir, run_fingerprint)) is not None:
-        lora_state, state = load_checkpoint(checkpoint)
-        load_lora_state(transformer, {k: v.to(components.device) for k, v in lora_state.items()})
-        optimizer.load_state_dict(state["optimizer"])
+    if found is not None:
+        if fsdp:
+            load_full_optimizer_state(transformer, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         start = resumed_from = state["step"]
-        log.info("resuming from step %d (%s)", start, checkpoint.path)
+        log.info("resuming from step %d (%s)", start, found.path)
 
     # Only the model goes through Accelerate (DDP wrapping, device placement). The optimizer stays plain:
     # there is no fp16 loss scaling to manage, accumulation is a loop over micro-batches below (Accelerate's
     # `no_sync` skips DDP's all-reduce on all but the last), and Accelerate's optimizer wrapper costs ~0.15 ms
     # a step (a tiny model's steps are ~30 ms).
-    if quantized := quantized_parameter_names(transformer):
+    if not fsdp and (quantized := quantized_parameter_names(transformer)):
         # DDP broadcasts every parameter from the first process when it wraps the model and cannot flatten
         # torchao's tensors. The quantized base is frozen and the same on every process (same weights, same
         # deterministic quantization), so DDP is told to leave it alone.
         from torch.nn.parallel import DistributedDataParallel
 
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, quantized)
-    model = accelerator.prepare(transformer)
+    # FSDP: the sharded transformer is used as it is (Accelerate would wrap it in DDP on CPUs).
+    model = transformer if fsdp else accelerator.prepare(transformer)
     sampler = ShiftedLogitNormalSampler()
     dtype = transformer.proj_in.weight.dtype  # the base weights' dtype (LoRA weights are float32)
     result = TrainResult(lora_state={}, steps_done=start, resumed_from=resumed_from)
 
     def checkpoint(step: int) -> Checkpoint | None:
+        # Under FSDP the LoRA and the optimizer state are gathered from every process (collective).
+        lora = lora_state_dict(model) if fsdp or accelerator.is_main_process else None
+        optimizer_state = full_optimizer_state(model, optimizer) if fsdp else None
         if not accelerator.is_main_process:
             return None
-        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        state = {"optimizer": optimizer_state if fsdp else optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "torch_rng": torch.get_rng_state(), "fingerprint": run_fingerprint}
-        result.last_checkpoint = save_checkpoint(checkpoint_dir, step, lora_state_dict(model), state,
-                                                 keep=config.keep_checkpoints)
+        result.last_checkpoint = save_checkpoint(checkpoint_dir, step, lora, state, keep=config.keep_checkpoints)
         return result.last_checkpoint
 
     accumulation = config.gradient_accumulation_steps
@@ -205,8 +236,13 @@ def train_lora(
         )
         step_losses = []
         for i, micro in enumerate(flow.split(accumulation)):
-            # DDP all-reduces gradients in backward: only the last micro-batch's needs to.
-            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
+            # DDP all-reduces (FSDP reduce-scatters) gradients in backward: only the last micro-batch's needs to.
+            last = i == accumulation - 1
+            if fsdp:
+                model.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:
                 with accelerator.autocast():
                     video_pred, audio_pred = model(**micro.model_kwargs)
@@ -237,7 +273,7 @@ def train_lora(
             step == config.number_of_steps or (config.validation_every and step % config.validation_every == 0)
         ):
             model.eval()
-            if accelerator.is_main_process:
+            if accelerator.is_main_process or fsdp:  # a sharded forward needs every process
                 on_validate(step)
             accelerator.wait_for_everyone()
             model.train()
