@@ -1,4 +1,4 @@
-"""`ltx2trainer` command line: prepare a dataset, make sample data, run the demo.
+"""`ltx2trainer` command line: prepare a dataset, train, plan GPU memory, make sample data, run the demo.
 
 The CLI is a thin edge: it validates options through the same schema as the API (so the messages and the
 8n+1 frame adjustment are the same), calls the pipeline, and renders progress and a summary with rich.
@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console, validate_input
+from ltx2trainer.cli_plan import plan_command
 from ltx2trainer.cli_service import keys_app, serve, submit, worker
 from ltx2trainer.cli_training import sample, train
 from ltx2trainer.errors import JobCancelled, UserInputError
@@ -25,6 +26,7 @@ from ltx2trainer.settings import get_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LTX-2 LoRA adapters.")
 app.command()(train)
 app.command()(sample)
+app.command("plan")(plan_command)
 app.command()(serve)
 app.command()(worker)
 app.command()(submit)

@@ -43,6 +43,17 @@ class Settings(BaseSettings):
     text_encoder: str = Field("", description="Gemma-3 folder paired with an official single-file checkpoint.")
     price_per_step: Decimal = Field(Decimal("0.0048"), ge=0, description="USD charged per training step.")
 
+    # --- GPU memory planning (ltx2trainer.planning, docs/memory.md) ---
+    gpu_memory_gb: float = Field(
+        0.0, ge=0, description="Memory of the workers' GPUs in GB (GiB, as sold). 0: workers detect it with torch; "
+        "the gateway then cannot check requests. Set on the gateway to refuse requests that fit no worker.")
+    gpu_supports_fp8: bool = Field(
+        False, description="The workers' GPUs convert fp8 in hardware (compute capability 8.9+), so the planner may "
+        "choose an fp8 base. Workers also detect it.")
+    plan_model: str = Field(
+        "", description="What the planner sizes (a preset such as ltx-2-19b or ltx-2.3, or a path) when it is not "
+        "LTX2T_MODEL, e.g. on a gateway without the weights; default: LTX2T_MODEL.")
+
     # --- fetching training data ---
     download_max_bytes: int = Field(10 * GIB, gt=0, description="Largest accepted download.")
     download_connect_timeout_s: float = Field(10.0, gt=0)

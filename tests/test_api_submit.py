@@ -226,6 +226,36 @@ def test_an_estimate_learns_the_duration_from_finished_trainings(api: Api):
     assert [a["field"] for a in estimate["adjustments"]] == ["number_of_frames"]
 
 
+def test_an_estimate_includes_the_gpu_memory_plan(api: Api):
+    body = {"training_data_url": DATA_URL, "validation": [{"prompt": "a clip"}]}
+    unknown = api.client.post("/v1/estimates", json=body, headers=api.alice).json()["memory"]
+    assert unknown["fits"] is None and unknown["model"] == "tiny"  # the workers' GPU is not configured here
+    assert set(unknown["phases"]) == {"encode", "train", "validate"}
+    api.settings.gpu_memory_gb, api.settings.plan_model = 48, "ltx-2-19b"
+    memory = api.client.post("/v1/estimates", json=body, headers=api.alice).json()["memory"]
+    assert (memory["fits"], memory["base_precision"], memory["optimizer"]) == (True, "int8", "adamw")
+    assert memory["phases"]["train"]["peak_gb"] < 48 and memory["headroom_gb"] > 0
+    api.settings.plan_model = "/nowhere/ltx-2.safetensors"  # a gateway without the weights: no plan, no refusal
+    answer = api.client.post("/v1/estimates", json=body, headers=api.alice).json()
+    assert answer["memory"] is None and "not found" in answer["memory_error"]
+    assert api.client.post("/v1/trainings", json=body, headers=api.alice).status_code == 201
+
+
+def test_a_training_that_fits_no_worker_gpu_is_refused_with_422_before_it_is_queued(api: Api):
+    api.settings.gpu_memory_gb, api.settings.plan_model = 32, "ltx-2.3"
+    response = api.client.post("/v1/trainings", json={"training_data_url": DATA_URL, "rank": 128},
+                               headers=api.alice)
+    assert response.status_code == 422
+    (entry,) = response.json()["detail"]
+    assert entry["loc"] == ["body"] and entry["type"] == "insufficient_gpu_memory"
+    assert entry["msg"].startswith("this training needs ") and "int8 base, adamw8bit" in entry["msg"]
+    assert "the workers' GPUs have 32 GB" in entry["msg"]
+    assert api.queued_messages() == [] and api.client.get("/v1/trainings", headers=api.alice).json()["data"] == []
+    api.settings.gpu_memory_gb = 80
+    assert api.client.post("/v1/trainings", json={"training_data_url": DATA_URL, "rank": 128},
+                           headers=api.alice).status_code == 201
+
+
 def test_an_invalid_estimate_request_is_refused_with_422(api: Api):
     response = api.client.post("/v1/estimates", json={"training_data_url": DATA_URL, "number_of_steps": 50,
                                                       "rank": 7}, headers=api.alice)

@@ -128,6 +128,32 @@ def test_a_misconfigured_model_fails_the_job_at_once_with_model_error_and_costs_
     assert (settlement.outcome, settlement.steps_billed, settlement.amount_nano_usd, recorded) == ("failed", 0, 0, 0)
 
 
+def test_a_job_runs_with_its_memory_plan_and_records_it_in_config_json(tmp_path, dataset_url):
+    services = Services(Settings(data_dir=tmp_path / "data", allow_private_urls=True, prepare_workers=1,
+                                 gpu_memory_gb=24))  # as a worker told its GPU's memory
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "succeeded"
+    job = services.store.get(job_id)
+    logs = [line["message"] for line in services.store.last_logs(job_id, 100)]
+    assert any(m.startswith("memory plan for 24 GB (configured): bf16 base, adamw; predicted peaks (GB): encode ")
+               for m in logs)
+    with services.storage.open(job.output["config_file"]["key"]) as handle:
+        config = json.load(handle)
+    plan = config["memory_plan"]
+    assert (plan["fits"], plan["model"], plan["base_precision"], plan["optimizer"]) == (True, "tiny", "bf16", "adamw")
+    assert config["training"]["base_precision"] == "bf16"  # what the engine ran with
+
+
+def test_a_job_that_fits_no_gpu_fails_before_fetching_and_costs_nothing(tmp_path):
+    services = Services(Settings(data_dir=tmp_path / "data", allow_private_urls=True, prepare_workers=1,
+                                 gpu_memory_gb=0.5))  # less than the CUDA context alone
+    job_id = submit(services, {**FAST_JOB, "training_data_url": "data:application/zip;base64,bm90IGEgemlw"})
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "failed"
+    job = services.store.get(job_id)
+    assert job.error["type"] == "insufficient_gpu_memory" and "the workers' GPUs have 0.5 GB" in job.error["message"]
+    assert job.phase is None and job.usage["steps_billed"] == 0  # failed before fetching: not invalid_archive
+
+
 def test_the_worker_names_its_model_at_start_up_and_logs_a_bad_one_without_stopping(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="ltx2trainer.worker.app"):
         served = announce_model(Settings(data_dir=tmp_path / "data", model="tiny-2.3"))

@@ -1,5 +1,8 @@
 """Native REST: submit, get, list (history), cancel, events (SSE), logs, estimates, file downloads.
 
+A submission that fits no worker GPU (ltx2trainer.planning, when LTX2T_GPU_MEMORY_GB is set here) is refused
+with a 422 before anything is queued or billed; an estimate includes the memory plan.
+
 Routes are thin: validate, call one domain function, map the outcome to HTTP. Another owner's job is a 404,
 exactly like a job that does not exist.
 """
@@ -20,6 +23,7 @@ from ltx2trainer.jobs.lifecycle import CancelOutcome, IdempotencyConflict, reque
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.store import InvalidCursor
 from ltx2trainer.notify.billing import check_budget, initial_usage
+from ltx2trainer.planning.service import gateway_plan, refusal_message
 from ltx2trainer.schemas import TrainingInput, TrainingJob
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,17 @@ def validate_training_input(body: Any, allow_file_urls: bool) -> TrainingInput:
         ]) from None
 
 
+def check_gpu_memory(training_input: TrainingInput, settings) -> None:
+    """A 422 (the validation errors' shape) for a request that fits no worker GPU, when the gateway knows the
+    workers' GPU memory (LTX2T_GPU_MEMORY_GB) and can size the model; otherwise nothing is checked here."""
+    if not settings.gpu_memory_gb:
+        return
+    memory_plan, _ = gateway_plan(training_input, settings)
+    if memory_plan is not None and memory_plan.fits is False:
+        raise HTTPException(422, detail=[{"loc": ["body"], "msg": refusal_message(memory_plan),
+                                          "type": "insufficient_gpu_memory"}])
+
+
 def submit_training(services, principal, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
                     app_id: str | None = None, fal_webhook: str | None = None):
     """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
@@ -50,6 +65,7 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
         replay = services.lifecycle.replay(principal.owner, idempotency_key, body_hash)
         if replay is not None:
             return replay, True
+        check_gpu_memory(training_input, services.settings)
         price = services.settings.price_per_step
         estimate = estimated_cost(training_input.number_of_steps, price)
         refusal = check_budget(services.db, api_key_id=principal.key_id, estimate=estimate,
@@ -189,6 +205,7 @@ def estimate(principal: PrincipalDep, services: ServicesDep,
     training_input = validate_training_input(body, services.settings.allow_file_urls)
     steps = training_input.number_of_steps
     rate = _recent_steps_per_second(services)
+    memory_plan, memory_error = gateway_plan(training_input, services.settings)
     return {
         "steps": steps,
         "unit_price": str(services.settings.price_per_step),
@@ -196,6 +213,10 @@ def estimate(principal: PrincipalDep, services: ServicesDep,
         "currency": "USD",
         "estimated_duration_s": round(steps / rate, 1) if rate else None,
         "adjustments": [a.model_dump(mode="json") for a in training_input.adjustments],
+        # The GPU memory plan (docs/memory.md): null with `memory_error` when the gateway cannot size the model;
+        # `fits` is null when the workers' GPU memory is not configured here.
+        "memory": memory_plan.as_dict() if memory_plan is not None else None,
+        **({"memory_error": memory_error} if memory_error else {}),
     }
 
 

@@ -11,13 +11,16 @@ gateway turns them into time-limited URLs when it answers.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import logging
 import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from ltx2trainer.errors import JobCancelled, UserInputError
+from ltx2trainer.errors import JobCancelled, ModelError, UserInputError
 from ltx2trainer.model.identity import BaseModelInfo, describe_model  # torch-free
 from ltx2trainer.pipeline.fetch import download, fetch_dataset, local_path
 from ltx2trainer.pipeline.preprocess import PrepareOptions, Progress, prepare_dataset
@@ -48,13 +51,19 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
     """Run every stage; returns the output (file references). Raises UserInputError, JobCancelled.
 
     The configured base model is identified first (no torch, no download): a misconfigured one fails the
-    job with `model_error` before anything is fetched, encoded or billed.
+    job with `model_error` before anything is fetched, encoded or billed. Then the job is planned on this
+    worker's GPU (ltx2trainer.planning): a job that fits in no configuration fails with
+    `insufficient_gpu_memory`, otherwise the plan's base precision, optimizer and validation size are used
+    and the plan is recorded in config.json as `memory_plan`.
     """
     work = ctx.work_dir
     check = _cancel_check(ctx)
     text_encoder = ctx.settings.text_encoder or None
     base = describe_model(ctx.settings.model, text_encoder)
     ctx.log(f"base model: {base.label()}")
+    memory_plan = _memory_plan(ctx, training_input)  # refuses, unbilled, a job that cannot fit this GPU
+    if memory_plan is not None:
+        training_input = _with_validation_adjusted(training_input, memory_plan)
 
     ctx.set_phase("fetching")
     ctx.log("fetching the training data")
@@ -88,17 +97,23 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
         for clip in clips:
             ctx.publish(f"validation/{clip.name}", clip, "video/mp4", announce=True)
 
+    overrides = {"checkpoint_every": ctx.settings.checkpoint_every_steps, **_plan_overrides(ctx, memory_plan)}
+    recorded = {"memory_plan": memory_plan.as_dict()} if memory_plan is not None else {}
+    # run_training passes `extra` to config.json once it takes one; until then the plan is added afterwards.
+    takes_extra = "extra" in inspect.signature(run_training).parameters
     try:
         result = run_training(
             work / "dataset", out_dir, training_input, model=ctx.settings.model, text_encoder=text_encoder,
             work_dir=work / "train",
             validation_images=images, on_phase=ctx.set_phase, on_step=ctx.report_step, cancel=ctx.cancelled,
-            on_validation=publish_validation,
-            config_overrides={"checkpoint_every": ctx.settings.checkpoint_every_steps},
+            on_validation=publish_validation, config_overrides=overrides,
+            **({"extra": recorded} if takes_extra and recorded else {}),
         )
     except JobCancelled:
-        ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work, base)
+        ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work, base, recorded)
         raise
+    if recorded and not takes_extra and result.exported is not None:
+        _add_to_config(result.exported.config_file, recorded)
 
     ctx.set_phase("publishing")
     exported = result.exported
@@ -116,6 +131,60 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
         archive = _zip_dataset(work / "dataset", work / "debug_dataset.zip")
         output["debug_dataset"] = ctx.publish("debug_dataset.zip", archive, "application/zip")
     return output
+
+
+def _memory_plan(ctx: JobContext, training_input: TrainingInput):
+    """The memory plan of this job on this worker's GPU (None on a worker without one, or for a model the
+    planner cannot size); a job that fits in no configuration fails here with `insufficient_gpu_memory`."""
+    from ltx2trainer.pipeline.gpu import worker_gpu
+    from ltx2trainer.planning.service import plan_for, refusal_message
+
+    gpu = worker_gpu(ctx.settings)
+    if gpu is None:
+        return None
+    try:
+        memory_plan = plan_for(training_input, ctx.settings, gpu_memory_gb=gpu.memory_gb,
+                               supports_fp8=gpu.supports_fp8)
+    except ModelError as exc:
+        ctx.log(f"no memory plan: {exc.message}", "WARN")
+        return None
+    if not memory_plan.fits:
+        raise UserInputError(refusal_message(memory_plan), code="insufficient_gpu_memory")
+    phases = ", ".join(f"{name} {phase['peak_gb']:.1f}" for name, phase in memory_plan.as_dict()["phases"].items())
+    ctx.log(f"memory plan for {gpu.memory_gb:g} GB ({gpu.source}): {memory_plan.settings.base_precision} base, "
+            f"{memory_plan.settings.optimizer}; predicted peaks (GB): {phases}")
+    for adjustment in memory_plan.adjustments:
+        ctx.log(f"adjusted {adjustment['field']}: {adjustment['requested']} -> {adjustment['used']} "
+                f"({adjustment['reason']})", "WARN")
+    return memory_plan
+
+
+def _with_validation_adjusted(training_input: TrainingInput, memory_plan) -> TrainingInput:
+    """The request with the smaller validation the plan chose (the fields the adjustments name)."""
+    update = {adjustment["field"]: adjustment["used"] for adjustment in memory_plan.adjustments}
+    return training_input.model_copy(update=update) if update else training_input
+
+
+def _plan_overrides(ctx: JobContext, memory_plan) -> dict[str, Any]:
+    """The plan's base precision, optimizer and accumulation, as far as the engine's TrainConfig takes them
+    (a TrainConfig without these fields runs with its defaults, and the log says so)."""
+    if memory_plan is None:
+        return {}
+    from ltx2trainer.training.trainer import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    wanted = memory_plan.train_config_overrides()
+    ignored = sorted(set(wanted) - known)
+    if ignored:
+        ctx.log(f"the training engine does not take {', '.join(ignored)} yet: the memory plan's "
+                f"{', '.join(f'{k}={wanted[k]}' for k in ignored)} is not applied", "WARN")
+    return {key: value for key, value in wanted.items() if key in known}
+
+
+def _add_to_config(config_file: Path, recorded: dict[str, Any]) -> None:
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.update(recorded)
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _cancel_check(ctx: JobContext):
@@ -169,7 +238,7 @@ def _check_image(path: Path, index: int) -> None:
 
 
 def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, work: Path,
-                             base: BaseModelInfo) -> dict[str, Any] | None:
+                             base: BaseModelInfo, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """When a run is cancelled mid-training: the newest checkpoint's LoRA, exported like a final one (none
     when that LoRA is broken or empty: the job is still cancelled, with nothing to deliver)."""
     from safetensors.torch import load_file
@@ -183,7 +252,8 @@ def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, wor
     last = checkpoints[-1]
     try:
         exported = export_lora(work / "cancelled", load_file(str(last.lora_file)), training_input, base_model=base,
-                               steps=last.step, extra={"training": {"steps": last.step, "cancelled": True}})
+                               steps=last.step, extra={"training": {"steps": last.step, "cancelled": True},
+                                                       **(recorded or {})})
     except UserInputError as exc:
         ctx.log(f"cancelled: the LoRA of step {last.step} is not published: {exc.message}", "WARN")
         return None
