@@ -78,7 +78,7 @@ from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 AUDIO_TOKENS_PER_SECOND = 16_000 / 160 / 4  # 25: sample rate / mel hop / 4x audio VAE compression
-REFERENCE_PARAMS = 18.88e9  # reference A §6: the LTX-2.0 transformer
+REFERENCE_PARAMS = 18.88e9  # the LTX-2.0 transformer (its published config, counted)
 # What differs from the class defaults (which are LTX-2.0's values otherwise):
 CONFIG_OVERRIDES = {
     "rope_type": "split",  # Lightricks/LTX-2 transformer/config.json (no parameters, no FLOPs)
@@ -383,7 +383,7 @@ def run_meta(args, config: dict, shapes: Shapes) -> dict:
     lines = [
         (f"FULL-SIZE CONFIG ON THE META DEVICE (no weights, no timing): {args.layers} blocks, "
          f"{args.frames} frames {args.height}x{args.width}, rank {args.rank}, batch {args.batch_size}"),
-        (f"transformer parameters: {params / 1e9:.3f} B ({params:,}; reference A §6: 18.88 B); "
+        (f"transformer parameters: {params / 1e9:.3f} B ({params:,}; published LTX-2.0: 18.88 B); "
          f"per block {block_params / 1e6:.2f} M"),
         f"LoRA rank {args.rank} parameters: {lora_params / 1e6:.1f} M ({lora_params:,}) = inventory",
         f"FLOP inventory matches the model's {linear_weights / 1e9:.3f} B nn.Linear weights",

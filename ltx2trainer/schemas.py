@@ -1,4 +1,4 @@
-"""The public contract: the training input schema (DESIGN.md §4), file objects and outputs (§7).
+"""The public contract: the training input schema, file objects and outputs.
 
 Field names, ranges and defaults match the hosted LTX-2 trainer so that existing requests validate
 unchanged. Validation is pure (no filesystem or network); whether `file:` URLs are acceptable is passed in
@@ -287,7 +287,7 @@ class JobError(BaseModel):
 
 
 class TrainingJob(BaseModel):
-    """The job envelope: every response about a training has this shape (DESIGN §5)."""
+    """The job envelope: every response about a training has this shape (docs/service.md)."""
 
     id: str
     object: Literal["training"] = "training"

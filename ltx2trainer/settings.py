@@ -2,7 +2,7 @@
 
 Every collaborator (database, broker, storage, model) has an embedded default that needs no server, so
 the whole product runs on one machine out of the box; production points the same settings at PostgreSQL,
-Redis, S3 and real weights (DESIGN.md §3). There is no module-level instance: call `get_settings()` at an
+Redis, S3 and real weights (docs/service.md, Deployment). There is no module-level instance: call `get_settings()` at an
 entry point and pass the object down.
 """
 

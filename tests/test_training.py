@@ -102,7 +102,7 @@ def test_sigma_shift_grows_with_the_token_count():
     big = sampler.sample(20_000, 6144, generator)
     small = sampler.sample(20_000, 126, generator)
     assert 0 < float(big.min()) and float(big.max()) <= 1
-    # medians of ltx-trainer's sampler (reference B §3.3): 0.876 for 6144 tokens, 0.619 for 126
+    # medians of ltx-trainer's sampler (timestep_samplers.py): 0.876 for 6144 tokens, 0.619 for 126
     assert float(big.median()) == pytest.approx(0.876, abs=0.02)
     assert float(small.median()) == pytest.approx(0.619, abs=0.02)
 

@@ -17,7 +17,7 @@ from ltx2trainer.jobs.db import Base, utcnow
 
 
 class JobStatus:
-    """Native job statuses (DESIGN §5). Terminal ones never change again."""
+    """Native job statuses (docs/service.md). Terminal ones never change again."""
 
     QUEUED = "queued"
     RUNNING = "running"

@@ -7,7 +7,7 @@ Gemma 3 hidden states of every layer into text connectors with learnable registe
 with all six attention kinds and perturbed attention (STG). What it drops is width and depth, so that it
 builds in about a second and trains on a CPU. Nothing is downloaded: the tokenizer is built here too.
 
-The configuration follows `reference/A_diffusers_ltx2.md` §3 and its dimension constraints (connector
+The configuration keeps the dimension constraints the diffusers classes impose on each other (connector
 width == Gemma width == transformer caption channels, audio VAE base channels == latent channels × mel
 bins / 4, 3-level audio VAE so its compression is 4×), with the audio latent widened to LTX-2's 8
 channels so that audio tokens are 128 wide as in the real model.

@@ -128,7 +128,7 @@ def run_training(
     # fp8 without fp8 hardware, adamw8bit without CUDA: refused now, not after minutes of loading and encoding.
     check_train_config(config, accelerator.device)
 
-    phase("encoding")  # (the phases are DESIGN §5's: loading the model counts as encoding)
+    phase("encoding")  # (the job phases of docs/service.md: loading the model counts as encoding)
     # Staged loading, stage 1: only what encoding needs (Gemma, connectors, VAEs); the transformer comes in
     # after Gemma is freed, so the two never share the accelerator (26 + 38 GB for the real model in bf16).
     components = load_model(model, device=accelerator.device, seed=training_input.seed or 0,

@@ -1,6 +1,6 @@
 """Training batches from the encoded cache, chosen as a pure function of (seed, step, rank).
 
-All of a job's samples share one shape (DESIGN §6), so batches stack without padding. Which samples a step
+All of a job's samples share one shape (prepare fits every clip to it), so batches stack without padding. Which samples a step
 uses depends only on the seed, the step and the process rank: an epoch-wise permutation of the dataset,
 dealt out across processes. A resumed run therefore sees exactly the batches the uninterrupted one would
 have, and no data-loader state needs saving.

@@ -1,6 +1,6 @@
 """Noise-level (sigma) samplers for flow-matching training.
 
-`ShiftedLogitNormalSampler` is ltx-trainer's default (`timestep_samplers.py`, reference B §3.3): a
+`ShiftedLogitNormalSampler` is ltx-trainer's default (its `timestep_samplers.py`): a
 logit-normal whose centre moves up with the number of tokens (long, large clips spend more steps at high
 noise, where their structure is decided), stretched between its 0.5th and 99.9th percentiles, reflected
 off eps, and mixed with a uniform draw 10 % of the time so that no noise level is starved.

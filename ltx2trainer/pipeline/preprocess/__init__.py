@@ -1,4 +1,4 @@
-"""Dataset preparation: the user's files in, the processed dataset of DESIGN.md §6 out."""
+"""Dataset preparation: the user's files in, the processed dataset (`manifest.py`) out."""
 
 from ltx2trainer.pipeline.preprocess.dataset import PrepareResult, prepare_dataset
 from ltx2trainer.pipeline.preprocess.manifest import ManifestRow, PrepareOptions, read_manifest

@@ -1,4 +1,4 @@
-"""prepare_dataset: from a folder of user files to the processed dataset of DESIGN.md §6.
+"""prepare_dataset: from a folder of user files to the processed dataset (`manifest.py`, docs/dataset-preparation.md).
 
 Order of work: discover files → probe them (parallel) → check the set (one kind, audio policy) → read
 captions → detect scenes in long videos (parallel, cached) → plan one task per sample (dropping windows too

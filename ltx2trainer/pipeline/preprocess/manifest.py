@@ -1,4 +1,4 @@
-"""The processed dataset's contract (DESIGN.md §6): the options it was made with, its rows, its files.
+"""The processed dataset's contract (what the train stage reads): the options it was made with, its rows, its files.
 
 `prepare` writes it, `encode`/`train` read it with `read_manifest`. Everything is written through a temp
 file and renamed, so a reader never sees half a manifest.
