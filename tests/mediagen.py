@@ -136,3 +136,23 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
     offset = 0.5 * (a - c) / (a - 2 * b + c)
     return (k + offset) * rate / (len(mono) * 4)
+
+
+# name → (ffmpeg test source, tone in Hz, caption): the two clips most training tests use.
+TWO_CLIPS = {"bars": ("smptebars", 440, "colour bars with a tone"),
+             "pattern": ("testsrc2", 660, "a moving test pattern")}
+
+
+def prepared_dataset(root: Path, clips: dict[str, tuple[str, int, str]], *, seconds: float = 1.0,
+                     **options) -> Path:
+    """Captioned test clips (name → (source, tone Hz, caption)) made in `root/clips` and prepared into
+    `root/ds` with `PrepareOptions(**options)`; returns the dataset folder."""
+    from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
+
+    folder = root / "clips"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (source, tone_hz, caption) in clips.items():
+        make_video(folder / f"{name}.mp4", seconds=seconds, source=source, tone_hz=tone_hz)
+        (folder / f"{name}.txt").write_text(caption)
+    prepare_dataset(folder, root / "ds", PrepareOptions(**options))
+    return root / "ds"

@@ -35,13 +35,12 @@ from ltx2trainer.model.quantize import (
 from ltx2trainer.model.tiny import build_tiny_components
 from ltx2trainer.pipeline.encode import encode_dataset
 from ltx2trainer.pipeline.export import export_lora
-from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
 from ltx2trainer.pipeline.train import run_training
 from ltx2trainer.schemas import TrainingInput
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.probe import probe_loss
 from ltx2trainer.training.trainer import TrainConfig, train_lora
-from tests.mediagen import make_video
+from tests.mediagen import TWO_CLIPS, prepared_dataset
 from tests.test_export import load_warnings
 
 FP8_MESSAGE = "fp8 base precision needs a GPU with fp8 support (compute capability 8.9+, e.g. L40S, H100); use int8"
@@ -50,14 +49,7 @@ FP8_MESSAGE = "fp8 base precision needs a GPU with fp8 support (compute capabili
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("base-precision")
-    clips = root / "clips"
-    clips.mkdir()
-    make_video(clips / "bars.mp4", seconds=1.0, source="smptebars", tone_hz=440)
-    (clips / "bars.txt").write_text("colour bars with a tone")
-    make_video(clips / "pattern.mp4", seconds=1.0, source="testsrc2", tone_hz=660)
-    (clips / "pattern.txt").write_text("a moving test pattern")
-    prepare_dataset(clips, root / "ds", PrepareOptions(number_of_frames=17, width=128, height=128))
-    return root / "ds"
+    return prepared_dataset(root, TWO_CLIPS, number_of_frames=17, width=128, height=128)
 
 
 @pytest.fixture(scope="module")

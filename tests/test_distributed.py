@@ -15,30 +15,17 @@ from diffusers import LTX2Pipeline
 from safetensors.torch import load_file
 
 from ltx2trainer.model.tiny import build_tiny_components
-from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
-from tests.mediagen import make_video
+from tests.mediagen import prepared_dataset
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_a_valid_lora_with_falling_loss(tmp_path):
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for name, source in (("bars", "smptebars"), ("pattern", "testsrc2"), ("rgb", "rgbtestsrc")):
-        make_video(clips / f"{name}.mp4", seconds=1.0, source=source, tone_hz=440)
-        (clips / f"{name}.txt").write_text(f"a {name} test clip")
-    prepare_dataset(clips, tmp_path / "ds", PrepareOptions(number_of_frames=17, width=128, height=128))
-
-    # --multi_gpu makes accelerate spawn the processes with torchrun; with no GPU, Accelerate then sets
-    # them up as MULTI_CPU over gloo (its --cpu flag alone runs one process).
-    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               "-m", "ltx2trainer.cli", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "out"),
-               "--number-of-steps", "100", "--rank", "8", "--learning-rate", "0.002",
-               "--first-frame-conditioning-p", "0", "--lora-dtype", "fp32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    prepared_dataset(tmp_path, {name: (source, 440, f"a {name} test clip") for name, source in
+                                (("bars", "smptebars"), ("pattern", "testsrc2"), ("rgb", "rgbtestsrc"))},
+                     number_of_frames=17, width=128, height=128)
+    run = _launch(tmp_path / "ds", tmp_path / "out")
     assert run.returncode == 0, run.stderr[-3000:]
 
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -56,13 +43,16 @@ def test_two_cpu_processes_train_a_valid_lora_with_falling_loss(tmp_path):
     assert pipe.transformer.peft_config["default_0"].r == 8
 
 
-def _launch(tmp_path: Path, dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _launch(dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`ltx2trainer train` under `accelerate launch` with two CPU processes, 100 steps of a rank-8 LoRA.
+
+    --multi_gpu makes accelerate spawn the processes with torchrun; with no GPU, Accelerate then sets them up
+    as MULTI_CPU over gloo (its --cpu flag alone runs one process)."""
     command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                "-m", "ltx2trainer.cli", "train", str(dataset), "--out", str(out),
                "--number-of-steps", "100", "--rank", "8", "--learning-rate", "0.002",
-               "--first-frame-conditioning-p", "0", "--lora-dtype", "fp32", "--validation-prompt", "a bars test clip",
-               "--validation-resolution", "low", "--validation-number-of-frames", "9", *extra]
+               "--first-frame-conditioning-p", "0", "--lora-dtype", "fp32", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
 
@@ -75,17 +65,15 @@ def test_fsdp_shards_the_transformer_and_trains_exactly_like_ddp(tmp_path):
     DDP is the reference rather than one process: two processes draw different samples and noise than one
     does, so only the sharding may differ between the two runs compared.
     """
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for name, source in (("bars", "smptebars"), ("pattern", "testsrc2")):
-        make_video(clips / f"{name}.mp4", seconds=0.6, source=source, tone_hz=440)
-        (clips / f"{name}.txt").write_text(f"a {name} test clip")
-    prepare_dataset(clips, tmp_path / "ds", PrepareOptions(number_of_frames=9, width=128, height=128))
+    prepared_dataset(tmp_path, {name: (source, 440, f"a {name} test clip")
+                                for name, source in (("bars", "smptebars"), ("pattern", "testsrc2"))},
+                     seconds=0.6, number_of_frames=9, width=128, height=128)
 
     runs = {}
     for sharding in ("ddp", "fsdp"):
         out = tmp_path / sharding
-        run = _launch(tmp_path, tmp_path / "ds", out, "--sharding", sharding)
+        run = _launch(tmp_path / "ds", out, "--sharding", sharding, "--validation-prompt", "a bars test clip",
+                      "--validation-resolution", "low", "--validation-number-of-frames", "9")
         assert run.returncode == 0, run.stderr[-3000:]
         config = json.loads((out / "config.json").read_text())
         assert config["training"]["sharding"] == sharding and config["training"]["processes"] == 2

@@ -14,9 +14,8 @@ from safetensors.torch import load_file
 
 from ltx2trainer.model.lora import ORIGINAL_PREFIX
 from ltx2trainer.model.presets import load_model
-from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
 from tests.ltxcore_ref import diffusers_transformer_kwargs, transformer_inputs
-from tests.mediagen import make_video, video_facts
+from tests.mediagen import prepared_dataset, video_facts
 from tests.official_ckpt import fuse_lora_ltxcore, write_tiny_gemma_folder, write_tiny_official_checkpoint
 
 CLI = [sys.executable, "-m", "ltx2trainer.cli"]
@@ -29,11 +28,8 @@ OUTPUT_TOLERANCE = 5e-3  # relative: ltx-core fuses into bf16 weights, we run fp
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("official-train")
-    clips = root / "clips"
-    clips.mkdir()
-    make_video(clips / "a.mp4", seconds=1.0, source="smptebars", tone_hz=440)
-    (clips / "a.txt").write_text("colour bars")
-    prepare_dataset(clips, root / "ds", PrepareOptions(number_of_frames=9, width=64, height=64, trigger_phrase="sks"))
+    prepared_dataset(root, {"a": ("smptebars", 440, "colour bars")}, number_of_frames=9, width=64, height=64,
+                     trigger_phrase="sks")
     return root, write_tiny_gemma_folder(root / "gemma")
 
 

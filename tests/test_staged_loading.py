@@ -17,10 +17,9 @@ import torch
 from ltx2trainer.model import components as components_module
 from ltx2trainer.model.presets import load_model
 from ltx2trainer.pipeline import validate as validate_module
-from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
 from ltx2trainer.pipeline.train import run_training
 from ltx2trainer.schemas import TrainingInput
-from tests.mediagen import make_video
+from tests.mediagen import prepared_dataset
 from tests.official_ckpt import write_tiny_gemma_folder, write_tiny_official_checkpoint
 
 CPU = torch.device("cpu")
@@ -29,11 +28,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("staged")
-    clips = root / "clips"
-    clips.mkdir()
-    make_video(clips / "a.mp4", seconds=0.6, source="testsrc2", tone_hz=330)
-    (clips / "a.txt").write_text("a test pattern")
-    prepare_dataset(clips, root / "ds", PrepareOptions(number_of_frames=9, width=64, height=64))
+    prepared_dataset(root, {"a": ("testsrc2", 330, "a test pattern")}, seconds=0.6, number_of_frames=9, width=64,
+                     height=64)
     gemma = write_tiny_gemma_folder(root / "gemma")
     official = write_tiny_official_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=2)
     from ltx2trainer.model.tiny import build_tiny_components

@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ltx2trainer.model.lora import BASE_MODEL_METADATA_KEY, read_lora_base_model
 from ltx2trainer.model.tiny import build_tiny_components
-from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
-from tests.mediagen import make_image, make_video, video_facts
+from tests.mediagen import make_image, prepared_dataset, video_facts
 
 CLI = [sys.executable, "-m", "ltx2trainer.cli"]
 
@@ -22,12 +21,8 @@ CLI = [sys.executable, "-m", "ltx2trainer.cli"]
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-train")
-    clips = root / "clips"
-    clips.mkdir()
-    make_video(clips / "a.mp4", seconds=1.0, source="smptebars", tone_hz=440)
-    (clips / "a.txt").write_text("colour bars")
-    prepare_dataset(clips, root / "ds", PrepareOptions(number_of_frames=17, width=128, height=128,
-                                                       trigger_phrase="sks"))
+    prepared_dataset(root, {"a": ("smptebars", 440, "colour bars")}, number_of_frames=17, width=128, height=128,
+                     trigger_phrase="sks")
     build_tiny_components(0).save(root / "model")
     make_image(root / "first.png", size=(300, 200))
     return root

@@ -20,7 +20,7 @@ from ltx2trainer.training.flow import prepare_flow_step
 from ltx2trainer.training.probe import probe_loss
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 from ltx2trainer.training.trainer import TrainConfig, train_lora
-from tests.mediagen import make_image, make_video
+from tests.mediagen import TWO_CLIPS, make_image, prepared_dataset
 
 FRAMES = 17
 SIZE = 128  # pixels: a 4×4 latent grid, 3 latent frames → 48 video tokens
@@ -30,14 +30,7 @@ SIZE = 128  # pixels: a 4×4 latent grid, 3 latent frames → 48 video tokens
 def dataset(tmp_path_factory):
     """Two captioned clips with sound, prepared at 128×128, 17 frames."""
     root = tmp_path_factory.mktemp("train-data")
-    clips = root / "clips"
-    clips.mkdir()
-    make_video(clips / "bars.mp4", seconds=1.0, source="smptebars", tone_hz=440)
-    (clips / "bars.txt").write_text("colour bars with a tone")
-    make_video(clips / "pattern.mp4", seconds=1.0, source="testsrc2", tone_hz=660)
-    (clips / "pattern.txt").write_text("a moving test pattern")
-    prepare_dataset(clips, root / "ds", PrepareOptions(number_of_frames=FRAMES, width=SIZE, height=SIZE))
-    return root / "ds"
+    return prepared_dataset(root, TWO_CLIPS, number_of_frames=FRAMES, width=SIZE, height=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 from diffusers.models.transformers.transformer_ltx2 import LTX2PerturbedAttnProcessor
 
-from ltx2trainer.model.identity import BaseModelInfo, describe_model
+from ltx2trainer.model.identity import BaseModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,6 @@ def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32, d
         max_sequence_length=extra.get("max_sequence_length", REAL_MAX_SEQUENCE_LENGTH),
         stg_blocks=extra.get("stg_blocks", list(REAL_STG_BLOCKS)),
         inference_steps=extra.get("inference_steps", REAL_INFERENCE_STEPS),
-        base=describe_model(str(source)),
     )
     components.to(device)
     if defer_transformer:

@@ -20,7 +20,6 @@ import torch
 from accelerate import Accelerator
 
 from ltx2trainer.errors import JobCancelled
-from ltx2trainer.model.identity import describe_model
 from ltx2trainer.model.lora import check_lora_state
 from ltx2trainer.model.presets import load_model
 from ltx2trainer.pipeline.encode import cache_dir_for, encode_dataset, silence_latents
@@ -193,7 +192,7 @@ def run_training(
     check_lora_state(trained.lora_state, learning_rate=training_input.learning_rate, steps=trained.steps_done)
     if main:
         phase("publishing")
-        base = components.base or describe_model(model, text_encoder)
+        base = components.base  # set by load_model from the same identity the job started with
         result.exported = export_lora(
             out_dir, trained.lora_state, training_input, base_model=base, lora_dtype=lora_dtype,
             steps=trained.steps_done,
