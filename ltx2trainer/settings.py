@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     plan_model: str = Field(
         "", description="What the planner sizes (a preset such as ltx-2-19b or ltx-2.3, or a path) when it is not "
         "LTX2T_MODEL, e.g. on a gateway without the weights; default: LTX2T_MODEL.")
+    compile_blocks: bool = Field(
+        False, description="Workers compile the transformer's blocks with torch.compile (regional compilation): "
+        "faster steps on GPUs after a one-off compile at the first step (docs/training.md).")
 
     # --- fetching training data ---
     download_max_bytes: int = Field(10 * GIB, gt=0, description="Largest accepted download.")

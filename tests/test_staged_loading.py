@@ -14,6 +14,7 @@ import weakref
 import pytest
 import torch
 
+from ltx2trainer.errors import UserInputError
 from ltx2trainer.model import components as components_module
 from ltx2trainer.model.presets import load_model
 from ltx2trainer.pipeline import validate as validate_module
@@ -46,12 +47,12 @@ def test_the_transformer_arrives_after_the_text_encoder_is_gone(models, kind, tm
     real_load = components_module.ModelComponents.load_transformer
     real_encode = validate_module.encode_prompt_texts
 
-    def watching_load(self):
+    def watching_load(self, *args):
         gc.collect()
         seen["text_encoder_alive"] = seen["gemma"]() is not None
         seen["encoded_samples"] = sorted(p.name for p in (tmp_path / "work").rglob("samples/*.safetensors"))
         seen["loaded"] = True
-        return real_load(self)
+        return real_load(self, *args)
 
     def watching_encode(components, texts):
         seen.setdefault("gemma", weakref.ref(components.text_encoder))
@@ -90,3 +91,33 @@ def test_a_deferred_transformer_is_the_same_transformer(models):
         assert transformer.state_dict().keys() == expected.keys()
         assert all(torch.equal(value, expected[key]) for key, value in transformer.state_dict().items())
         assert transformer.transformer_blocks[0].perturbed_attn  # ready for STG, like a one-shot load
+
+
+@pytest.mark.parametrize("kind", ["official", "diffusers", "tiny"])
+def test_an_int8_base_is_quantized_on_its_way_in(models, kind, monkeypatch):
+    """With an int8 base, stage 2 reads the transformer into host memory and quantizes each layer as it moves to
+    the device (on a GPU the bf16 layers never reach it): it arrives quantized, exactly as quantizing the
+    loaded transformer afterwards would have made it."""
+    from ltx2trainer.model.quantize import quantize_base, quantized_layers
+
+    model = {"tiny": "tiny-2.3", "official": str(models["official"]), "diffusers": str(models["diffusers"])}[kind]
+    whole = load_model(model, device=CPU, text_encoder=str(models["gemma"]))
+    expected_layers = quantize_base(whole.transformer, "int8")
+    staged = load_model(model, device=CPU, text_encoder=str(models["gemma"]), defer_transformer=True)
+    staged.text_encoder = None
+    asked: list[torch.device] = []
+    loader = staged.transformer_loader
+    staged.transformer_loader = lambda device: asked.append(device) or loader(device)
+    transformer = staged.load_transformer("int8")
+    assert asked == [CPU]  # read to the host first
+    layers = quantized_layers(transformer)
+    assert sorted(layers) == sorted(expected_layers) and set(layers.values()) == {torch.int8}
+    expected = whole.transformer.state_dict()
+    for key, value in transformer.state_dict().items():
+        assert torch.equal(value.dequantize() if hasattr(value, "qdata") else value,
+                           expected[key].dequantize() if hasattr(expected[key], "qdata") else expected[key]), key
+    staged = load_model(model, device=CPU, text_encoder=str(models["gemma"]), defer_transformer=True)
+    staged.text_encoder = None
+    with pytest.raises(UserInputError, match="fp8 base precision needs a GPU"):  # before anything is read
+        staged.load_transformer("fp8")
+    assert staged.transformer is None and staged.transformer_loader is not None

@@ -258,6 +258,23 @@ def test_gradient_checkpointing_gives_the_same_steps(encoded, tmp_path, base_pre
     assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-4)
 
 
+def test_compiled_blocks_give_the_same_steps_and_resume_uncompiled(encoded, tmp_path):
+    """Regional compilation (`compile_blocks`) changes how fast a step runs, not what it computes: the same losses
+    and LoRA as eager, and a checkpoint of a compiled run resumes without it (and the other way round)."""
+    config = TrainConfig(number_of_steps=3, rank=8, gradient_checkpointing=True)
+    eager = train_lora(load_model("tiny"), TrainingData.load(encoded), config, tmp_path / "a", sample_ids=ids(encoded))
+    components = load_model("tiny")
+    compiled_config = TrainConfig(number_of_steps=3, rank=8, gradient_checkpointing=True, compile_blocks=True)
+    compiled = train_lora(components, TrainingData.load(encoded), compiled_config, tmp_path / "b",
+                          sample_ids=ids(encoded))
+    blocks = components.transformer.transformer_blocks
+    assert all(block._compiled_call_impl is not None for block in blocks)  # really compiled, every block
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    for key, value in eager.lora_state.items():
+        torch.testing.assert_close(compiled.lora_state[key], value, rtol=1e-4, atol=1e-6)
+    assert compiled_config.fingerprint("tiny", ids(encoded)) == config.fingerprint("tiny", ids(encoded))
+
+
 def test_same_seed_same_lora_other_seed_other_lora(encoded, tmp_path):
     def run(seed, folder):
         return train_lora(load_model("tiny"), TrainingData.load(encoded),
@@ -321,6 +338,9 @@ def test_accumulation_changes_the_fingerprint_and_defaults_keep_old_checkpoints_
     for changed in ({"gradient_accumulation_steps": 2}, {"base_precision": "int8"}, {"optimizer": "adamw8bit"}):
         other = TrainConfig(number_of_steps=10, rank=8, seed=3, **changed)
         assert other.fingerprint("tiny", ["b", "a"]) != "39fe50eed5850d2f", changed
+    for harmless in ({"compile_blocks": True}, {"offload_optimizer_for_validation": False}):  # how, not what
+        other = TrainConfig(number_of_steps=10, rank=8, seed=3, **harmless)
+        assert other.fingerprint("tiny", ["b", "a"]) == "39fe50eed5850d2f", harmless
 
 
 def test_adamw8bit_is_refused_without_a_cuda_gpu_before_training(encoded, tmp_path):

@@ -45,8 +45,8 @@ class ModelComponents:
     stg_blocks: list[int] = field(default_factory=lambda: list(REAL_STG_BLOCKS))
     inference_steps: int = REAL_INFERENCE_STEPS  # denoising steps for validation samples
     base: BaseModelInfo | None = None  # which base model these are (family, version, file identity)
-    # Staged loading: when the transformer is deferred, this brings it in (`load_transformer`).
-    transformer_loader: Callable[[], Any] | None = None
+    # Staged loading: when the transformer is deferred, this brings it onto the given device (`load_transformer`).
+    transformer_loader: Callable[[torch.device], Any] | None = None
 
     @property
     def version(self) -> str:
@@ -83,17 +83,32 @@ class ModelComponents:
                 return next(module.parameters()).device
         raise RuntimeError("no module is loaded")
 
-    def load_transformer(self) -> Any:
+    def load_transformer(self, base_precision: str = "bf16") -> Any:
         """Load the deferred transformer (stage 2 of a staged load). Everything the first stage needed the
         text encoder for must be done by now: the text encoder is refused here if it is still loaded, so
-        the two largest modules (Gemma-3-12B and the 19B transformer) are never in memory together."""
+        the two largest modules (Gemma-3-12B and the 19B transformer) are never in memory together.
+
+        With an int8 or fp8 `base_precision` the transformer is quantized while it moves to the accelerator:
+        it is read into host memory as loaded (bf16), and each Linear layer is quantized on its way to the
+        device (`model/quantize.quantize_base(..., device=)`), so the accelerator never holds the bf16
+        weights of the quantized layers (37.8 GB of the 19B model's; its int8 form is 20 GB). The host needs
+        room for the bf16 transformer for the duration.
+        """
         if self.transformer is not None:
             return self.transformer
         if self.text_encoder is not None:
             raise RuntimeError("free the text encoder (encode every text first) before loading the transformer")
         if self.transformer_loader is None:
             raise RuntimeError("these components have no transformer and no way to load one")
-        self.transformer = self.transformer_loader()
+        from ltx2trainer.model.quantize import check_base_precision, quantize_base
+
+        device = self.device
+        check_base_precision(base_precision, device)
+        quantized = base_precision in ("int8", "fp8")
+        transformer = self.transformer_loader(torch.device("cpu") if quantized else device)
+        if quantized:
+            quantize_base(transformer, base_precision, device=device)
+        self.transformer = transformer
         self.transformer_loader = None
         return self.transformer
 
@@ -151,7 +166,7 @@ def load_components(source: str | Path, *, dtype: torch.dtype = torch.float32, d
     )
     components.to(device)
     if defer_transformer:
-        components.transformer_loader = lambda: _load_diffusers_transformer(source, dtype, device)
+        components.transformer_loader = lambda where: _load_diffusers_transformer(source, dtype, where)
     else:
         enable_perturbed_attention(components.transformer)
     # Decoding 89 frames at 960² in one piece needs tens of GB; tiles keep validation within a GPU's memory

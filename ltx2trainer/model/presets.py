@@ -35,7 +35,7 @@ def load_model(name: str, *, device: torch.device | None = None, dtype: torch.dt
         components = build_tiny_components(seed, version=info.version).to(device)
         if defer_transformer:  # built in a second with the rest; it just waits until stage 2
             deferred, components.transformer = components.transformer, None
-            components.transformer_loader = lambda: deferred
+            components.transformer_loader = deferred.to
     elif info.format == "official":
         from ltx2trainer.model.official.load import load_official
 

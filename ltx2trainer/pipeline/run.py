@@ -97,7 +97,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
         for clip in clips:
             ctx.publish(f"validation/{clip.name}", clip, "video/mp4", announce=True)
 
-    overrides = {"checkpoint_every": ctx.settings.checkpoint_every_steps, **_plan_overrides(ctx, memory_plan)}
+    overrides = {"checkpoint_every": ctx.settings.checkpoint_every_steps, "compile_blocks": ctx.settings.compile_blocks,
+                 **_plan_overrides(ctx, memory_plan)}
     recorded = {"memory_plan": memory_plan.as_dict()} if memory_plan is not None else {}
     # run_training passes `extra` to config.json once it takes one; until then the plan is added afterwards.
     takes_extra = "extra" in inspect.signature(run_training).parameters

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from diffusers import LTX2Pipeline
 
+from ltx2trainer.training.speed import to_device
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
 TIMESTEP_SCALE = 1000.0  # diffusers' LTX-2 transformer takes sigma x 1000
@@ -115,7 +116,7 @@ def prepare_flow_step(
     audio_noisy = (1 - audio_sigma[:, None, None]) * audio_x0 + audio_sigma[:, None, None] * audio_noise
 
     def put(t: torch.Tensor, float_type: torch.dtype | None = dtype) -> torch.Tensor:
-        return t.to(device=device, dtype=float_type) if float_type is not None else t.to(device)
+        return to_device(t, device, float_type)  # no host-device synchronisation on CUDA
 
     kwargs = {
         "hidden_states": put(noisy),

@@ -14,8 +14,9 @@ after the dataset has been encoded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -55,3 +56,28 @@ def make_optimizer(name: str, parameters: Iterable[torch.nn.Parameter], *, lr: f
 
         return bitsandbytes.optim.AdamW8bit(parameters, lr=lr)
     return torch.optim.AdamW(parameters, lr=lr, fused=device.type in FUSED_DEVICE_TYPES)
+
+
+@contextlib.contextmanager
+def state_on_host(optimizer: torch.optim.Optimizer, enabled: bool = True) -> Iterator[int]:
+    """Move the optimizer's state tensors (moments, step counts, 8-bit blocks) from the GPU to host memory for
+    the duration, and back after: validation sampling does not need them, and a rank-32 LoRA's fp32 AdamW
+    moments are 2.5 GB of the 19B model's. Yields the bytes moved (0 when nothing is on a GPU or `enabled` is
+    False). Sharded (DTensor) state stays where it is: each process holds only 1/N of it.
+    """
+    moved: list[tuple[dict, str, torch.device]] = []
+    total = 0
+    if enabled:
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if type(value) is torch.Tensor and value.device.type == "cuda":
+                    moved.append((state, key, value.device))
+                    total += value.numel() * value.element_size()
+                    state[key] = value.to("cpu")
+        if total:
+            torch.cuda.empty_cache()  # give the freed blocks back to the sampler's allocations
+    try:
+        yield total
+    finally:
+        for state, key, device in moved:
+            state[key] = state[key].to(device)

@@ -35,8 +35,8 @@ from ltx2trainer.model.quantize import (
 from ltx2trainer.pipeline.preprocess.manifest import fingerprint
 from ltx2trainer.training.checkpoint import Checkpoint, latest_resumable, load_checkpoint, save_checkpoint
 from ltx2trainer.training.data import TrainingData
-from ltx2trainer.training.flow import AudioSigmaMode, flow_matching_loss, prepare_flow_step
-from ltx2trainer.training.optimizer import OptimizerName, check_optimizer, make_optimizer
+from ltx2trainer.training.flow import AudioSigmaMode, FlowStep, flow_matching_loss, prepare_flow_step
+from ltx2trainer.training.optimizer import OptimizerName, check_optimizer, make_optimizer, state_on_host
 from ltx2trainer.training.sharding import (
     SHARDINGS,
     Sharding,
@@ -44,6 +44,7 @@ from ltx2trainer.training.sharding import (
     load_full_optimizer_state,
     shard_transformer,
 )
+from ltx2trainer.training.speed import compile_blocks
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class TrainConfig:
     base_precision: BasePrecision = "bf16"
     optimizer: OptimizerName = "adamw"
     sharding: Sharding = "ddp"  # with several processes: "fsdp" shards the transformer (training/sharding.py)
+    compile_blocks: bool = False  # regional torch.compile of the transformer blocks (training/speed.py)
+    offload_optimizer_for_validation: bool = True  # on a GPU: optimizer state in host memory while sampling
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
@@ -94,11 +97,14 @@ class TrainConfig:
         existed still matches a run configured the same way.
         """
         settings = {k: v for k, v in asdict(self).items()
-                    if k not in ("checkpoint_every", "keep_checkpoints", "validation_every")
+                    if k not in _NOT_FINGERPRINTED
                     and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
         return fingerprint([settings, model_name, sorted(sample_ids), LORA_TARGET_MODULES])
 
 
+# Settings that change when or how fast things run, never what is computed: a run may resume with others.
+_NOT_FINGERPRINTED = ("checkpoint_every", "keep_checkpoints", "validation_every", "compile_blocks",
+                      "offload_optimizer_for_validation")
 _LATER_DEFAULTS = {"gradient_accumulation_steps": 1, "base_precision": "bf16", "optimizer": "adamw",
                    "sharding": "ddp"}
 
@@ -164,6 +170,8 @@ def train_lora(
         parameters = attach_lora(transformer, config.rank)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
+    if config.compile_blocks:  # per block, with its LoRA, before sharding (as torchtitan orders them)
+        compile_blocks(transformer)
     transformer.train()
 
     run_fingerprint = config.fingerprint(components.name, sample_ids)
@@ -221,19 +229,24 @@ def train_lora(
         return result.last_checkpoint
 
     accumulation = config.gradient_accumulation_steps
-    started = time.perf_counter()
-    for step in range(start + 1, config.number_of_steps + 1):
-        # All randomness of this step (batch, sigmas, noise, conditioning) comes from this generator, drawn
-        # for the whole effective batch at once: accumulating 2 x 1 sees exactly what one batch of 2 would.
+
+    def inputs(step: int) -> FlowStep:
+        # All randomness of a step (batch, sigmas, noise, conditioning) comes from this generator, drawn for
+        # the whole effective batch at once: accumulating 2 x 1 sees exactly what one batch of 2 would.
         generator = torch.Generator().manual_seed(
             (config.seed * 1_000_003 + step) * 1_009 + accelerator.process_index
         )
         indices = data.indices(step, config.effective_batch_size, config.seed, accelerator.process_index,
                                accelerator.num_processes)
-        flow = prepare_flow_step(
+        return prepare_flow_step(
             data.batch(indices), sampler, generator, first_frame_p=config.first_frame_conditioning_p,
             audio_sigma_mode=config.audio_sigma, device=accelerator.device, dtype=dtype,
         )
+
+    started = time.perf_counter()
+    upcoming = inputs(start + 1) if start < config.number_of_steps else None
+    for step in range(start + 1, config.number_of_steps + 1):
+        flow = upcoming
         step_losses = []
         for i, micro in enumerate(flow.split(accumulation)):
             # DDP all-reduces (FSDP reduce-scatters) gradients in backward: only the last micro-batch's needs to.
@@ -255,9 +268,12 @@ def train_lora(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-
         losses = accelerator.reduce(torch.stack(step_losses).mean(dim=0), reduction="mean")
-        info = StepInfo(step, config.number_of_steps, float(losses[0]), float(losses[1]), float(losses[2]),
+        # Up to here nothing waited for the GPU. The next step's inputs are made on the host while it works
+        # through this one; reading the losses is the step's one synchronisation.
+        upcoming = inputs(step + 1) if step < config.number_of_steps else None
+        loss_value, video_value, audio_value = losses.tolist()
+        info = StepInfo(step, config.number_of_steps, loss_value, video_value, audio_value,
                         schedule.get_last_lr()[0], time.perf_counter() - started)
         result.losses.append(info.loss)
         result.steps_done = step
@@ -273,9 +289,10 @@ def train_lora(
             step == config.number_of_steps or (config.validation_every and step % config.validation_every == 0)
         ):
             model.eval()
-            if accelerator.is_main_process or fsdp:  # a sharded forward needs every process
-                on_validate(step)
-            accelerator.wait_for_everyone()
+            with state_on_host(optimizer, enabled=config.offload_optimizer_for_validation):
+                if accelerator.is_main_process or fsdp:  # a sharded forward needs every process
+                    on_validate(step)
+                accelerator.wait_for_everyone()
             model.train()
 
     result.lora_state = lora_state_dict(model)

@@ -220,9 +220,9 @@ def load_official(info: BaseModelInfo, *, device: torch.device, dtype: torch.dty
     tokenizer, text_encoder = load_text_encoder(Path(info.text_encoder), device=device, dtype=dtype)
     transformer = modules[TRANSFORMER]
 
-    def finish_transformer() -> torch.nn.Module:
+    def finish_transformer(where: torch.device = device) -> torch.nn.Module:
         if defer_transformer:
-            stream_tensors(path, plan, {TRANSFORMER: transformer}, device=device, dtype=dtype)
+            stream_tensors(path, plan, {TRANSFORMER: transformer}, device=where, dtype=dtype)
         enable_perturbed_attention(transformer)
         return transformer.eval()
 
