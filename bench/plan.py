@@ -44,21 +44,22 @@ MIB = 2**20
 
 def plans_table() -> None:
     print("1. plan for 89 frames 768x768, rank 32, validation 89 frames 960x960 (peaks in GB, GiB as sold)")
-    print(f"{'model':<10} {'GPU':>4} {'fits':<5} {'base':<5} {'optimizer':<10} {'encode':>7} {'load':>6} "
+    print(f"{'model':<10} {'GPU':>6} {'fits':<5} {'base':<5} {'optimizer':<10} {'encode':>7} "
           f"{'train':>6} {'validate':>8} {'headroom/needed':>16}  adjustments")
     for dims in (LTX_2_19B, LTX_23):
-        for gpu, fp8 in ((24, False), (48, False), (48, True), (80, True)):
+        for gpu, fp8, shards in ((24, False, 1), (48, False, 1), (48, True, 1), (80, True, 1), (40, False, 2),
+                                 (32, False, 4)):
             chosen = plan(MemoryRequest(), dims, gpu, supports_fp8=fp8, validation_resolution="high",
-                          validation_aspect_ratio="1:1")
+                          validation_aspect_ratio="1:1", settings=MemorySettings(shards=shards))
             d = chosen.as_dict()
             peaks = {name: f"{phase['peak_gb']:.1f}" for name, phase in d["phases"].items()}
             margin = f"+{d['headroom_gb']:.1f}" if chosen.fits else f"needs {d['needed_gb']:.1f}"
             adjusted = ", ".join(f"{a['field'].removeprefix('validation_')} {a['used']}" for a in d["adjustments"])
-            name = f"{gpu}{'*' if fp8 else ''}"
-            print(f"{dims.name:<10} {name:>4} {str(chosen.fits):<5} {d['base_precision']:<5} {d['optimizer']:<10} "
-                  f"{peaks['encode']:>7} {peaks.get('load', '-'):>6} {peaks['train']:>6} {peaks['validate']:>8} "
+            name = f"{gpu}{'*' if fp8 else ''}" + (f"x{shards}" if shards > 1 else "")
+            print(f"{dims.name:<10} {name:>6} {str(chosen.fits):<5} {d['base_precision']:<5} {d['optimizer']:<10} "
+                  f"{peaks['encode']:>7} {peaks['train']:>6} {peaks['validate']:>8} "
                   f"{margin:>16}  {adjusted}")
-    print("   * the GPU converts fp8 in hardware. load: the bf16 transformer on the device before it is quantized.\n")
+    print("   * the GPU converts fp8 in hardware. xN: FSDP over N GPUs of that size (peaks per GPU).\n")
 
 
 def tiny_table() -> None:
@@ -202,11 +203,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 transformer blocks instead of 48")
     parser.add_argument("--derive", action="store_true", help="re-count the training coefficients")
+    parser.add_argument("--plans", action="store_true", help="only table 1 (seconds)")
     args = parser.parse_args()
     if args.derive:
         derive()
         return
     plans_table()
+    if args.plans:
+        return
     tiny_table()
     real_table(4 if args.quick else 48)
 

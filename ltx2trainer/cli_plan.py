@@ -21,7 +21,7 @@ from ltx2trainer.settings import get_settings
 PLAN_MODEL_HELP = ("ltx-2-19b or ltx-2.3 (the released sizes), tiny or tiny-2.3, an official .safetensors file or a "
                    "diffusers folder (default: LTX2T_PLAN_MODEL, else LTX2T_MODEL).")
 TERM_LABELS = {
-    "transformer_weights": "transformer", "text_encoder_weights": "text encoder", "connectors_weights": "connectors",
+    "transformer_weights": "transformer", "gathered_weights": "gathered (FSDP)", "text_encoder_weights": "text encoder", "connectors_weights": "connectors",
     "vae_weights": "VAEs/vocoder", "lora_weights": "LoRA", "lora_gradients": "LoRA grads",
     "optimizer_state": "optimizer", "inputs": "inputs", "activations": "activations",
     "allocator_overhead": "CUDA+allocator",
@@ -45,6 +45,8 @@ def plan_command(
     validation_frame_rate: Annotated[int, typer.Option(help="Validation frame rate.")] = 25,
     validation_resolution: Annotated[ResolutionChoice, typer.Option()] = ResolutionChoice.high,
     validation_aspect_ratio: Annotated[AspectChoice, typer.Option()] = AspectChoice.square,
+    shards: Annotated[int, typer.Option(min=1, help="GPUs the job is sharded over with FSDP (train --sharding "
+                                        "fsdp under accelerate launch); 1: one GPU holds the whole model.")] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")] = False,
 ) -> None:
     """Predict each phase's peak GPU memory and pick the cheapest settings that fit (nothing is loaded)."""
@@ -57,7 +59,8 @@ def plan_command(
         raise typer.Exit(2)
     image = "data:image/png;base64,iVBORw0KGgo="  # validated as a URL only; the planner needs to know there is one
     fields: dict[str, Any] = {
-        "training_data_url": "request.zip",  # not fetched: the schema wants one "number_of_frames": number_of_frames, "frame_rate": frame_rate,
+        "training_data_url": "request.zip",  # not fetched: the schema wants one
+        "number_of_frames": number_of_frames, "frame_rate": frame_rate,
         "resolution": resolution.value, "aspect_ratio": aspect_ratio.value, "rank": rank,
         "validation": [{"prompt": f"prompt {i + 1}", **({"image_url": image} if validation_images else {})}
                        for i in range(validation_prompts)],
@@ -73,7 +76,9 @@ def plan_command(
         console.print(f"[red]error ({exc.code}):[/] {exc.message}")
         raise typer.Exit(1) from None
     supports_fp8 = settings.gpu_supports_fp8 if fp8 is None else fp8
-    result = plan_request(training_input, dims, gpu, supports_fp8=supports_fp8)
+    from ltx2trainer.planning import MemorySettings
+
+    result = plan_request(training_input, dims, gpu, supports_fp8=supports_fp8, settings=MemorySettings(shards=shards))
     if json_output:
         print(json.dumps(result.as_dict(), indent=2))
         return

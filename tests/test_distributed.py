@@ -87,3 +87,28 @@ def test_fsdp_shards_the_transformer_and_trains_exactly_like_ddp(tmp_path):
     assert fsdp_lora.keys() == ddp_lora.keys()
     worst = max((fsdp_lora[k] - ddp_lora[k]).abs().max().item() for k in ddp_lora)
     assert worst < 1e-5, worst  # measured ~1e-7: summation order only
+
+
+def test_each_fsdp_process_holds_the_share_the_planner_predicts():
+    """Two gloo processes shard the tiny transformer as the engine does: each holds half of the base, the LoRA
+    and the optimizer state, which is what `ltx2trainer plan --shards 2` counts per GPU."""
+    from ltx2trainer.planning import MemoryRequest, MemorySettings, estimate
+    from ltx2trainer.planning.dims import TINY
+
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).with_name("fsdp_shares.py"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORA_RANK": "16",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shares = [json.loads(line.removeprefix("SHARES ")) for line in run.stdout.splitlines()
+              if line.startswith("SHARES ")]
+    assert sorted(share["rank"] for share in shares) == [0, 1] and all(share["sharded"] for share in shares)
+    request = MemoryRequest(frames=25, width=512, height=512, rank=16, validation=False)
+    whole = estimate(request, TINY, MemorySettings(base_precision="fp32", gpu=False))["train"].terms
+    half = estimate(request, TINY, MemorySettings(base_precision="fp32", gpu=False, shards=2))["train"].terms
+    assert sum(share["base"] for share in shares) == whole["transformer_weights"]  # nothing held twice
+    for share in shares:
+        assert share["base"] == pytest.approx(half["transformer_weights"], rel=0.01)  # FSDP pads rows to 2
+        assert share["lora"] == half["lora_weights"] and share["optimizer"] == half["optimizer_state"]
+    assert half["transformer_weights"] < whole["transformer_weights"] / 1.9

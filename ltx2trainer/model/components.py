@@ -83,7 +83,7 @@ class ModelComponents:
                 return next(module.parameters()).device
         raise RuntimeError("no module is loaded")
 
-    def load_transformer(self, base_precision: str = "bf16") -> Any:
+    def load_transformer(self, base_precision: str = "bf16", *, on_host: bool = False) -> Any:
         """Load the deferred transformer (stage 2 of a staged load). Everything the first stage needed the
         text encoder for must be done by now: the text encoder is refused here if it is still loaded, so
         the two largest modules (Gemma-3-12B and the 19B transformer) are never in memory together.
@@ -93,6 +93,9 @@ class ModelComponents:
         device (`model/quantize.quantize_base(..., device=)`), so the accelerator never holds the bf16
         weights of the quantized layers (37.8 GB of the 19B model's; its int8 form is 20 GB). The host needs
         room for the bf16 transformer for the duration.
+
+        `on_host` leaves the transformer in host memory: FSDP then moves it to the GPU one shard at a time
+        (`training/sharding.py`), so no GPU ever holds all of it.
         """
         if self.transformer is not None:
             return self.transformer
@@ -105,7 +108,9 @@ class ModelComponents:
         device = self.device
         check_base_precision(base_precision, device)
         quantized = base_precision in ("int8", "fp8")
-        transformer = self.transformer_loader(torch.device("cpu") if quantized else device)
+        if quantized and on_host:
+            raise ValueError("a quantized base is made on its way to the device; it cannot stay in host memory")
+        transformer = self.transformer_loader(torch.device("cpu") if quantized or on_host else device)
         if quantized:
             quantize_base(transformer, base_precision, device=device)
         self.transformer = transformer

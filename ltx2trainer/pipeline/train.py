@@ -155,7 +155,8 @@ def run_training(
     components.text_encoder = None
     gc.collect()
     components.park()
-    components.load_transformer(config.base_precision)  # int8/fp8: quantized on its way to the device
+    # int8/fp8: quantized on its way to the device; FSDP: sharded on its way there (by train_lora).
+    components.load_transformer(config.base_precision, on_host=sharded)
     if validator is not None:
         validator.check_transformer()  # STG blocks in range: fail now, not at the first validation
 

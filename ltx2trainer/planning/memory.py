@@ -21,9 +21,14 @@ most of a block's footprint) and measuring the transient peaks of the real modul
 tensors (`bench/plan.py --derive` re-derives them; tests/test_planning.py checks the predictions against
 storage actually allocated). Sizes are bytes; GB in the plan means GiB (2**30), as GPU memory is sold.
 
-With an int8/fp8 base there is a fourth phase, `load`: the engine loads the transformer in bf16 and quantizes it
-on the device, so the whole bf16 transformer is there for a moment (`quantize_while_loading` drops the phase,
-for a loader that quantizes layer by layer as it streams, which `model/quantize.quantize_base` allows).
+Loading the transformer is not a phase of its own: with an int8/fp8 base it is read into host memory and each
+layer is quantized on its way to the GPU (`ModelComponents.load_transformer`), and under FSDP each block is
+sharded on its way there, so the GPU never holds more than the train phase's weights plus one layer or block.
+
+Sharding (`MemorySettings.shards` > 1, FSDP over that many GPUs, bf16 base): each process holds 1/N of the
+base, the LoRA, its gradients and the optimizer state, plus, for the moment they run, the unsharded weights of
+the parts outside the blocks (FSDP's root stays gathered through the step) and of two blocks (the one running
+and the one prefetched). Activations are per process and do not shrink.
 
 Not modelled: host memory; memory other processes hold on the GPU; PyTorch versions or attention kernels that
 keep more than these did (the coefficients are diffusers 0.42 / PEFT 0.21 / torch 2.13's).
@@ -129,9 +134,15 @@ class MemorySettings:
     gradient_checkpointing: bool = True
     gradient_accumulation_steps: int = 1  # micro-batches of `batch_size`: memory is that of one of them
     batch_size: int = 1
-    offload_optimizer_for_validation: bool = False
-    quantize_while_loading: bool = False  # the loader streams int8/fp8 weights in (no bf16 transformer at once)
+    offload_optimizer_for_validation: bool = True  # the engine's default on a GPU (training/optimizer.py)
+    shards: int = 1  # GPUs one job is sharded over with FSDP (1: each process holds the whole transformer)
     gpu: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be at least 1")
+        if self.shards > 1 and self.base_precision in ("int8", "fp8"):
+            raise ValueError("FSDP shards a bf16 base only: torchao's quantized weights cannot be sharded")
 
 
 @dataclass
@@ -169,10 +180,6 @@ def estimate(request: MemoryRequest, dims: ModelDims, settings: MemorySettings |
     """The three phases' predicted peaks (`validate` only when the request has validation prompts)."""
     settings = settings or MemorySettings()
     phases = {"encode": encode_phase(request, dims, settings)}
-    if settings.base_precision in ("int8", "fp8") and not settings.quantize_while_loading:
-        # training/trainer.py quantizes the transformer after it is loaded, in bf16, onto the device: for a
-        # moment the whole bf16 transformer is there (Gemma is freed, the VAEs are parked by then).
-        phases["load"] = PhaseMemory("load", {"transformer_weights": transformer_weight_bytes(dims, "bf16")})
     phases["train"] = train_phase(request, dims, settings)
     if request.validation:
         phases["validate"] = validate_phase(request, dims, settings)
@@ -235,6 +242,9 @@ def train_phase(request: MemoryRequest, dims: ModelDims, settings: MemorySetting
     activations = b * train_activations(dims, n, c, request.rank, settings.gradient_checkpointing)
     lora = lora_terms(dims, request.rank, settings.optimizer)
     lora["lora_gradients"] = gradients_at_peak(dims, n, c, request.rank, settings)
+    weights = {"transformer_weights": transformer_weight_bytes(dims, settings.base_precision)}
+    if settings.shards > 1:
+        weights, lora = sharded(weights, lora, dims, request.rank, settings)
     quantized = settings.base_precision in ("int8", "fp8") and t.quantized_blocks() > 0
     if quantized:
         # Autograd keeps the dequantized weight (compute dtype) of every quantized layer whose input needs a
@@ -244,11 +254,23 @@ def train_phase(request: MemoryRequest, dims: ModelDims, settings: MemorySetting
         kept = 1 if settings.gradient_checkpointing else t.quantized_blocks()
         activations += kept * (t.block_linear_weights - t.block_text_kv_weights) * c
     return PhaseMemory("train", {
-        "transformer_weights": transformer_weight_bytes(dims, settings.base_precision),
+        **weights,
         **lora,
         "inputs": inputs,
         "activations": activations,
     })
+
+
+def sharded(weights: dict[str, int], lora: dict[str, int], dims: ModelDims, rank: int, settings: MemorySettings
+            ) -> tuple[dict[str, int], dict[str, int]]:
+    """The terms of one of `settings.shards` FSDP processes: 1/N of each, plus what is gathered at once (the
+    parts outside the blocks and two blocks, with their LoRA in fp32)."""
+    t, n = dims.transformer, settings.shards
+    loaded = 4 if settings.base_precision == "fp32" else 2
+    lora_per_block = t.lora_params(rank) // t.layers * 4
+    shares = {name: -(-value // n) for name, value in weights.items()}
+    shares["gathered_weights"] = (t.outer_params + 2 * t.block_params) * loaded + 2 * lora_per_block
+    return shares, {name: -(-value // n) for name, value in lora.items()}
 
 
 def gradients_at_peak(dims: ModelDims, n: _Tokens, c: int, rank: int, settings: MemorySettings) -> int:
@@ -314,12 +336,14 @@ def validate_phase(request: MemoryRequest, dims: ModelDims, settings: MemorySett
     postprocess = 3 * video
     audio = audio_vae_activation(dims, frames / request.validation_frame_rate, c) + \
         _VOCODER_BYTES_PER_SAMPLE * 2 * round(frames / request.validation_frame_rate * dims.vocoder_sample_rate)
-    terms = {
-        "transformer_weights": transformer_weight_bytes(dims, settings.base_precision),
-        "lora_weights": t.lora_params(request.rank) * 4,
-    }
-    if not settings.offload_optimizer_for_validation:
-        terms["optimizer_state"] = lora_terms(dims, request.rank, settings.optimizer)["optimizer_state"]
+    weights = {"transformer_weights": transformer_weight_bytes(dims, settings.base_precision)}
+    lora = {"lora_weights": t.lora_params(request.rank) * 4}
+    # On a GPU the engine moves the optimizer state to host memory while it samples, except sharded state.
+    if not (settings.gpu and settings.offload_optimizer_for_validation and settings.shards == 1):
+        lora["optimizer_state"] = lora_terms(dims, request.rank, settings.optimizer)["optimizer_state"]
+    if settings.shards > 1:
+        weights, lora = sharded(weights, lora, dims, request.rank, settings)
+    terms = {**weights, **lora}
     terms.update({
         "connectors_weights": dims.connectors_params * w,
         "vae_weights": (dims.vae_encoder_params + dims.vae_decoder_params + dims.audio_vae_params

@@ -7,6 +7,9 @@ Cheapest means "gives up the least", in this order (each step is tried only when
     3. the 8-bit AdamW of bitsandbytes on top of the last of those
     4. a smaller validation sample: lower resolution first, then fewer frames (reported as adjustments)
 
+A job sharded over several GPUs (`MemorySettings.shards`, FSDP) only has steps 1 and 4: FSDP shards a bf16 base
+and torch's AdamW.
+
 int8 and fp8 weights take the same memory (fp8 saves the int8 zero point, one byte per row), so fp8 only wins
 where int8 misses by those bytes; the order follows the quality cost, not the size. The encode phase does not
 depend on any of these (Gemma and the VAEs load in bf16): when it does not fit, nothing does.
@@ -75,6 +78,7 @@ class MemoryPlan:
             "optimizer": self.settings.optimizer,
             "gradient_checkpointing": self.settings.gradient_checkpointing,
             "gradient_accumulation_steps": self.settings.gradient_accumulation_steps,
+            "shards": self.settings.shards,
             "phases": phases,
             "peak_gb": round(self.peak_gb, 2),
             "largest_phase": self.largest_phase,
@@ -107,11 +111,12 @@ def plan(request: MemoryRequest, dims: ModelDims, gpu_memory_gb: float | None, *
         return MemoryPlan(None, None, dims.name, chosen, request, estimate(request, dims, chosen), [],
                           validation_resolution, validation_aspect_ratio)
     budget = int(gpu_memory_gb * GIB)
-    candidates = [replace(base, base_precision="bf16", optimizer="adamw"),
-                  replace(base, base_precision="int8", optimizer="adamw")]
-    if supports_fp8:
-        candidates.append(replace(base, base_precision="fp8", optimizer="adamw"))
-    candidates.append(replace(candidates[-1], optimizer="adamw8bit"))
+    candidates = [replace(base, base_precision="bf16", optimizer="adamw")]
+    if base.shards == 1:  # sharded (FSDP) runs keep a bf16 base and torch's AdamW (sharding.py)
+        candidates.append(replace(base, base_precision="int8", optimizer="adamw"))
+        if supports_fp8:
+            candidates.append(replace(base, base_precision="fp8", optimizer="adamw"))
+        candidates.append(replace(candidates[-1], optimizer="adamw8bit"))
 
     def attempt(chosen: MemorySettings, req: MemoryRequest, adjustments: list, resolution: str | None
                 ) -> MemoryPlan:
