@@ -112,3 +112,38 @@ def test_each_fsdp_process_holds_the_share_the_planner_predicts():
         assert share["base"] == pytest.approx(half["transformer_weights"], rel=0.01)  # FSDP pads rows to 2
         assert share["lora"] == half["lora_weights"] and share["optimizer"] == half["optimizer_state"]
     assert half["transformer_weights"] < whole["transformer_weights"] / 1.9
+
+
+@pytest.mark.slow
+def test_a_killed_fsdp_run_resumes_to_the_lora_of_a_straight_one(tmp_path):
+    """Both processes of a sharded run die hard after step 7 (checkpoint at 5); run again, the job resumes from
+    step 5 (the sharded optimizer state scattered back) and ends with the LoRA and losses of an unbroken run."""
+    from ltx2trainer.model.presets import load_model
+    from ltx2trainer.pipeline.encode import encode_dataset
+
+    dataset = prepared_dataset(tmp_path, {"bars": ("smptebars", 440, "a bars clip"),
+                                          "pattern": ("testsrc2", 660, "a pattern clip")},
+                               seconds=0.6, number_of_frames=9, width=128, height=128)
+    encode_dataset(dataset, tmp_path / "cache", load_model("tiny"))
+    script = str(Path(__file__).with_name("fsdp_resume.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+
+    def torchrun(checkpoints: str, result: str, *extra: str) -> subprocess.CompletedProcess:
+        command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+                   script, str(dataset), str(tmp_path / "cache"), str(tmp_path / checkpoints),
+                   str(tmp_path / result), "12", *extra]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+    straight = torchrun("straight", "straight.pt")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = torchrun("broken", "never.pt", "7")
+    assert killed.returncode != 0 and not (tmp_path / "never.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "broken").iterdir()) == ["step_000005"]
+    resumed = torchrun("broken", "resumed.pt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    assert b["resumed_from"] == 5 and a["resumed_from"] is None
+    assert b["losses"] == pytest.approx(a["losses"][5:], rel=1e-5)
+    assert a["lora"].keys() == b["lora"].keys()
+    worst = max((a["lora"][k] - b["lora"][k]).abs().max().item() for k in a["lora"])
+    assert worst < 1e-5, worst
