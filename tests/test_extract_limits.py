@@ -50,6 +50,21 @@ def test_zip_bomb_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     assert [path for path in (tmp_path / "work").rglob("*") if path.is_file()] == []
 
 
+def test_many_entries_each_just_under_the_ratio_threshold_are_a_bomb_together(tmp_path: Path) -> None:
+    """Each entry is one byte under 1 MiB of zeros (the per-entry ratio is checked from 1 MiB up): together 64
+    of them expand about 1000-fold. Refused from the directory, nothing written."""
+    entries = {f"clip_{i:03d}.bin": bytes(MIB - 1) for i in range(64)}
+    archive = write(tmp_path / "upload.zip", zip_bytes(entries))
+    dest = tmp_path / "work" / "extracted"
+
+    with pytest.raises(UnsafeArchiveError) as caught:
+        extract_archive(archive, dest, LIMITS)
+
+    assert "as a whole" in caught.value.message and "64 entries" in caught.value.message
+    assert not dest.exists()
+    assert [path for path in (tmp_path / "work").rglob("*") if path.is_file()] == []
+
+
 def test_small_captions_that_compress_very_well_and_big_incompressible_files_are_fine(tmp_path: Path) -> None:
     caption = "a very repetitive caption " * 30_000  # ~780 KB, compresses >1000-fold but is small
     video = os.urandom(2 * MIB)  # big, does not compress
@@ -77,9 +92,9 @@ def test_archive_expanding_past_the_total_size_limit_is_refused_naming_the_limit
 
 
 def test_nested_zips_that_together_exceed_the_size_limit_are_refused(tmp_path: Path) -> None:
-    # each inner zip expands to 4 MiB (1 MiB entries stay under the ratio check), under the 6 MiB limit on its
-    # own; five of them are a nested bomb
-    inner = zip_bytes({f"zeros{i}.bin": bytes(MIB) for i in range(4)})
+    # each inner zip expands to 4 MiB (incompressible: no ratio check applies), under the 6 MiB limit on its
+    # own; five of them are too much
+    inner = zip_bytes({f"zeros{i}.bin": os.urandom(MIB) for i in range(4)})
     archive = write(tmp_path / "upload.zip", zip_bytes({f"part{i}.zip": inner for i in range(5)}))
     work = tmp_path / "work"
     limits = dataclasses.replace(LIMITS, max_total_bytes=6 * MIB)

@@ -3,8 +3,9 @@
 An uploaded zip is untrusted. Nothing is ever written outside the destination folder: absolute paths,
 drive letters and `..` components refuse the archive, symbolic-link entries are ignored (never created,
 never followed). Limits on entry count, total uncompressed size and per-entry compression ratio are
-checked against the archive's directory *before* any of its bytes are written, and cumulatively across
-nested zips, so zip bombs and nested bombs are refused without filling the disk. Written byte counts are
+checked against the archive's directory *before* any of its bytes are written — the ratio both per entry
+and for the archive as a whole, so many entries just under the per-entry threshold cannot add up to a bomb —
+and cumulatively across nested zips, so zip bombs and nested bombs are refused without filling the disk. Written byte counts are
 also enforced while copying, in case an archive lies about its sizes.
 
 Python's `zipfile` does the parsing and decompression; what it lacks (and what is written here) is the
@@ -160,7 +161,7 @@ class _Extractor:
                     f"{where} uses an unsupported compression method ({info.compress_type}); "
                     "use a standard (deflate) zip"
                 )
-            if info.file_size > RATIO_CHECK_MIN_BYTES:
+            if info.file_size >= RATIO_CHECK_MIN_BYTES:
                 ratio = info.file_size / max(info.compress_size, 1)
                 if ratio > self.limits.max_compression_ratio:
                     raise UnsafeArchiveError(
@@ -178,7 +179,19 @@ class _Extractor:
                     "(nested zips included); refusing to extract it"
                 )
             plan.append((info, parts))
+        self._check_archive_ratio(plan, label)
         return plan
+
+    def _check_archive_ratio(self, plan: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], label: str) -> None:
+        """The whole archive's expansion: 2000 entries of 1 MiB of zeros are each small, together a bomb."""
+        declared = sum(info.file_size for info, _ in plan)
+        compressed = sum(info.compress_size for info, _ in plan)
+        ratio = declared / max(compressed, 1)
+        if declared >= RATIO_CHECK_MIN_BYTES and ratio > self.limits.max_compression_ratio:
+            raise UnsafeArchiveError(
+                f"{label or 'the archive'} expands {ratio:.0f}-fold as a whole ({compressed} bytes to {declared}, "
+                f"{len(plan)} entries); more than {self.limits.max_compression_ratio:.0f}-fold looks like a zip bomb"
+            )
 
     def _extract_entry(
         self,
