@@ -73,10 +73,17 @@ def _check_url(value: str, *, what: str, allow_data: bool, allow_file: bool) -> 
     value = value.strip()
     if not value:
         raise ValueError(f"{what} must not be empty")
-    scheme = urlsplit(value).scheme.lower()
+    try:
+        parts = urlsplit(value)
+        port = parts.port if parts.scheme.lower() in ("http", "https") else None
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL", ...
+        raise ValueError(f"{what} is not a valid URL ({exc}): {value[:200]!r}") from None
+    scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        if not urlsplit(value).hostname:
+        if not parts.hostname:
             raise ValueError(f"{what} has no host: {value[:200]!r}")
+        if port == 0:
+            raise ValueError(f"{what} has port 0, which no server listens on: {value[:200]!r}")
         return value
     if scheme == "data" and allow_data:
         if "," not in value:

@@ -266,6 +266,25 @@ def test_redirect_to_a_local_file_url_is_refused(
     assert everything_under(tmp_path / "work") == []
 
 
+@pytest.mark.parametrize("location", [
+    "data:application/zip;base64,UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==",
+    "http://127.0.0.1:99999/data.zip",
+    "http://127.0.0.1:-1/data.zip",
+])
+def test_a_redirect_to_a_malformed_or_unsupported_url_is_the_users_error_naming_it(
+    tmp_path: Path, loopback_settings: Settings, http_server: LoopbackServer, location: str
+) -> None:
+    http_server.routes["/share"] = Route(status=302, headers={"Location": location})
+
+    with pytest.raises(UserInputError) as caught:
+        fetch_dataset(http_server.url("/share"), tmp_path / "work", loopback_settings)
+
+    assert caught.value.code == "bad_url"
+    assert "redirected to" in caught.value.message
+    assert "invalid URL" in caught.value.message or "unsupported URL" in caught.value.message
+    assert everything_under(tmp_path / "work") == []
+
+
 def test_redirect_from_a_public_host_to_a_metadata_address_is_refused_at_that_hop(
     tmp_path: Path, settings: Settings, http_server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -168,6 +168,19 @@ def test_other_urls_are_refused_with_the_reason(url):
     assert any(word in message for word in ("scheme", "host", "data:", "empty"))
 
 
+@pytest.mark.parametrize("url", ["https://example.com:99999/a.zip", "https://example.com:-1/a.zip",
+                                 "http://example.com:0/a.zip", "https://[::1/a.zip"])
+@pytest.mark.parametrize("field", ["training_data_url", "webhook_url", "image_url"])
+def test_urls_with_impossible_ports_or_hosts_are_refused_at_submit_naming_the_problem(url, field):
+    fields = {"training_data_url": URL, field: url}
+    if field == "image_url":
+        fields = {"training_data_url": URL, "validation": [{"prompt": "p", "image_url": url}]}
+    errors = errors_of(fields)
+    message = next(message for location, message in errors.items() if field in location)
+    assert any(word in message for word in ("Port", "port", "IPv6")), message
+    assert url[:20] in message
+
+
 @pytest.mark.parametrize("url", ["/home/me/clips.zip", "file:///home/me/clips.zip", "clips.zip"])
 def test_local_paths_only_when_the_caller_allows_them(url):
     assert "local files are not allowed" in errors_of({"training_data_url": url})["training_data_url"]

@@ -114,11 +114,7 @@ def _download_http(source: str, dest: Path, settings: Settings, on_progress: Pro
     with httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}) as client:
         # Redirects are followed by hand so that every hop passes the address checks.
         for _hop in range(settings.download_max_redirects + 1):
-            parts = urllib.parse.urlsplit(url)
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise UserInputError(f"download redirected to an unsupported URL: {url[:200]}", code="bad_url")
-            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-            host = parts.hostname
+            host, port = _http_target(url, redirected=url != source)
             netguard.check_host(host, port, allow_private=settings.allow_private_urls, what="training_data_url")
             try:
                 with client.stream("GET", url) as response:
@@ -138,6 +134,9 @@ def _download_http(source: str, dest: Path, settings: Settings, on_progress: Pro
                             code="download_failed",
                         )
                     return _save_response(response, dest, settings.download_max_bytes, on_progress)
+            except httpx.InvalidURL as exc:  # httpx parses a redirect's Location before handing it over
+                raise UserInputError(f"download from {host} redirected to an invalid URL ({exc})",
+                                     code="bad_url") from exc
             except httpx.TimeoutException as exc:
                 raise UserInputError(
                     f"downloading the training data from {host} timed out ({type(exc).__name__}: no data for "
@@ -154,6 +153,22 @@ def _download_http(source: str, dest: Path, settings: Settings, on_progress: Pro
         f"downloading the training data failed: more than {settings.download_max_redirects} redirects",
         code="download_failed",
     )
+
+
+def _http_target(url: str, *, redirected: bool) -> tuple[str, int]:
+    """(host, port) of an http(s) URL, or the user's error naming what is wrong with it (a redirect's target
+    is as untrusted as the URL submitted)."""
+    what = f"download redirected to {url[:200]}" if redirected else f"training_data_url {url[:200]}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError for ports out of range or not numbers
+        httpx.URL(url)  # what the client will parse
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise UserInputError(f"{what}: an invalid URL ({exc})", code="bad_url") from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise UserInputError(f"download redirected to an unsupported URL: {url[:200]}" if redirected else
+                             f"{what}: not an http(s) URL", code="bad_url")
+    return parts.hostname, port or (443 if parts.scheme.lower() == "https" else 80)
 
 
 def _save_response(
