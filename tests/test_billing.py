@@ -200,6 +200,27 @@ def test_a_key_spending_limit_counts_spent_and_reserved_money(billing: Billing):
     assert billing.submit(2000, headers={"Authorization": f"Key {other}"})["status"] == "queued"
 
 
+def test_concurrent_submits_never_reserve_more_than_the_spending_limit(billing: Billing):
+    """A $1.00 limit has room for two $0.48 trainings: of 8 submits racing each other, exactly 2 are accepted,
+    round after round (a fresh key each round), on SQLite and on PostgreSQL."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _round in range(3):
+        token = create_key(billing.services.db, "alice").token
+        set_spend_limit(billing.services.db, token.split(":")[0], Decimal("1.00"))
+        start = threading.Barrier(8)
+
+        def submit(_: int, token: str = token, start: threading.Barrier = start) -> int:
+            start.wait()
+            return billing.client.post("/v1/trainings", json={"training_data_url": DATA, "number_of_steps": 100},
+                                       headers={"Authorization": f"Key {token}"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(submit, range(8)))
+        assert codes == [201, 201] + [402] * 6, codes
+
+
 def test_an_idempotent_replay_is_not_refused_by_the_budget(billing: Billing):
     set_spend_limit(billing.services.db, billing.alice_key.split(":")[0], Decimal("10"))
     headers = {**billing.alice, "Idempotency-Key": "run-1"}

@@ -68,17 +68,20 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
         check_gpu_memory(training_input, services.settings)
         price = services.settings.price_per_step
         estimate = estimated_cost(training_input.number_of_steps, price)
-        refusal = check_budget(services.db, api_key_id=principal.key_id, estimate=estimate,
-                               max_cost_usd=training_input.max_cost_usd,
-                               number_of_steps=training_input.number_of_steps, unit_price=price)
-        if refusal is not None:
-            raise HTTPException(402, detail=refusal.message)
+
+        def within_budget(session) -> None:  # in the job's own transaction: concurrent submits queue up here
+            refusal = check_budget(session, api_key_id=principal.key_id, estimate=estimate,
+                                   max_cost_usd=training_input.max_cost_usd,
+                                   number_of_steps=training_input.number_of_steps, unit_price=price)
+            if refusal is not None:
+                raise HTTPException(402, detail=refusal.message)
+
         job, replayed = services.lifecycle.submit(
             principal.owner, training_input.model_dump(mode="json"),
             adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
             app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
             metadata=training_input.metadata, idempotency_key=idempotency_key, body_hash=body_hash,
-            public_base_url=base_url, api_key_id=principal.key_id, usage=initial_usage(price),
+            public_base_url=base_url, api_key_id=principal.key_id, usage=initial_usage(price), guard=within_budget,
         )
     except IdempotencyConflict as exc:
         # 422, not 409: queue clients retry 409s as if they were transient.

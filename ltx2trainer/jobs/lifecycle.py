@@ -77,8 +77,12 @@ class Lifecycle:
         usage: dict[str, Any] | None = None,
         public_base_url: str | None = None,
         api_key_id: str | None = None,
+        guard: Callable[[Session], None] | None = None,
     ) -> tuple[JobRow, bool]:
-        """Create a queued job; returns (job, replayed). A replayed Idempotency-Key returns the original job."""
+        """Create a queued job; returns (job, replayed). A replayed Idempotency-Key returns the original job.
+
+        `guard(session)` runs first in the transaction that inserts the job and may refuse it by raising (the
+        budget check: what it reads and the insert are one atomic step)."""
         if idempotency_key:
             existing = self._by_idempotency_key(owner, idempotency_key)
             if existing is not None:
@@ -92,6 +96,8 @@ class Lifecycle:
         )
         try:
             with self.db.session() as session:
+                if guard is not None:
+                    guard(session)
                 session.add(job)
                 session.flush()
                 self._event(session, job, "status", {"status": job.status, "phase": None})

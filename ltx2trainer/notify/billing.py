@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -123,24 +123,30 @@ class BudgetRefusal:
     message: str
 
 
-def check_budget(db: Database, *, api_key_id: str | None, estimate: Decimal, max_cost_usd: Decimal | None,
+def check_budget(session: Session, *, api_key_id: str | None, estimate: Decimal, max_cost_usd: Decimal | None,
                  number_of_steps: int, unit_price: Decimal) -> BudgetRefusal | None:
-    """Why a job of cost `estimate` may not start, or None. Both messages say by how much it is over."""
+    """Why a job of cost `estimate` may not start, or None. Both messages say by how much it is over.
+
+    Run it in the transaction that creates the job (`JobLifecycle.submit(guard=...)`): with a spending limit
+    it first takes the key's write lock (a row lock on PostgreSQL; SQLite's database write lock), so concurrent
+    submits with one key are checked one after the other, each seeing what the others reserved.
+    """
     if max_cost_usd is not None and estimate > max_cost_usd:
         return BudgetRefusal(
             f"the training would cost ${estimate} ({number_of_steps} steps × ${unit_price}), "
             f"${estimate - max_cost_usd} more than max_cost_usd ${max_cost_usd}")
     if api_key_id is None:
         return None
-    with db.session() as session:
-        limit = session.scalar(select(ApiKeyRow.spend_limit_nano_usd).where(ApiKeyRow.id == api_key_id))
-        if limit is None:
-            return None
-        spent = session.scalar(select(func.coalesce(func.sum(SettlementRow.amount_nano_usd), 0))
-                               .where(SettlementRow.api_key_id == api_key_id)) or 0
-        active = session.scalars(select(JobRow).where(
-            JobRow.api_key_id == api_key_id, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
-        reserved = sum(job.input.get("number_of_steps", 0) * unit_price_nano_of(job, unit_price) for job in active)
+    lock_for_write(session)
+    limit = session.scalar(select(ApiKeyRow.spend_limit_nano_usd).where(ApiKeyRow.id == api_key_id)
+                           .with_for_update())
+    if limit is None:
+        return None
+    spent = session.scalar(select(func.coalesce(func.sum(SettlementRow.amount_nano_usd), 0))
+                           .where(SettlementRow.api_key_id == api_key_id)) or 0
+    active = session.scalars(select(JobRow).where(
+        JobRow.api_key_id == api_key_id, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
+    reserved = sum(job.input.get("number_of_steps", 0) * unit_price_nano_of(job, unit_price) for job in active)
     needed = spent + reserved + to_nano(estimate)
     if needed <= limit:
         return None
@@ -148,6 +154,16 @@ def check_budget(db: Database, *, api_key_id: str | None, estimate: Decimal, max
         f"the training would cost ${estimate}, which exceeds this API key's spending limit of ${usd(limit)} "
         f"by ${usd(needed - limit)} (spent ${usd(spent)}, reserved by queued and running trainings "
         f"${usd(reserved)})")
+
+
+def lock_for_write(session: Session) -> None:
+    """On SQLite, make the session's transaction a writer from its first statement (BEGIN IMMEDIATE), so a
+    read-then-insert cannot interleave with another one; PostgreSQL's `FOR UPDATE` row locks do that there."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    connection = session.connection().connection.dbapi_connection
+    if not connection.in_transaction:  # pysqlite begins lazily, at the first write: begin as a writer now
+        session.execute(text("BEGIN IMMEDIATE"))
 
 
 def set_spend_limit(db: Database, key_id: str, limit_usd: Decimal | None) -> bool:
