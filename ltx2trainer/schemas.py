@@ -98,8 +98,36 @@ def _check_url(value: str, *, what: str, allow_data: bool, allow_file: bool) -> 
     raise ValueError(f"{what} has unsupported scheme {scheme!r}; use {allowed}")
 
 
+def _nul_path(value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Where in `value` (nested dicts and lists) a string with a NUL byte is, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_path(key, path + (str(key).replace("\x00", "\\u0000"),)) or \
+                _nul_path(item, path + (str(key).replace("\x00", "\\u0000"),))
+            if found is not None:
+                return found
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _nul_path(item, path + (str(index),))
+            if found is not None:
+                return found
+    return None
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_bytes(cls, data: Any) -> Any:
+        """No string anywhere in a request may hold a NUL byte: PostgreSQL cannot store one (a 500 at insert),
+        and nothing legitimate (a URL, a prompt, a phrase) contains it."""
+        where = _nul_path(data, ())
+        if where is not None:
+            raise ValueError(f"{'.'.join(where) or 'the input'} contains a NUL byte (\\u0000)")
+        return data
 
 
 class ValidationPrompt(StrictModel):

@@ -56,3 +56,35 @@ class ThreadLimit:
             anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
             self._applied = True
         await self.app(scope, receive, send)
+
+
+class RefuseNulBytes:
+    """400 for a request with a NUL byte (raw or %00) in its path, query string or headers.
+
+    No legitimate value of this API holds one, PostgreSQL refuses to store or even compare text with one (an
+    error deep in a query, a 500), and C-level consumers (log shippers, proxies) truncate at it. Bodies are
+    checked where they are parsed (`schemas.py` refuses NUL in every submitted string).
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and _has_nul(scope):
+            body = b'{"detail":"the request has a NUL byte in its path, query string or headers"}'
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def _has_nul(scope) -> bool:
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    if b"\x00" in raw_path or b"%00" in raw_path or "\x00" in scope["path"]:
+        return True
+    query = scope.get("query_string", b"")
+    if b"\x00" in query or b"%00" in query:
+        return True
+    return any(b"\x00" in name or b"\x00" in value for name, value in scope.get("headers", ()))

@@ -27,6 +27,7 @@ from ltx2trainer.planning.service import gateway_plan, refusal_message
 from ltx2trainer.schemas import TrainingInput, TrainingJob
 
 log = logging.getLogger(__name__)
+MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit integers in both databases
 router = APIRouter(prefix="/v1", tags=["trainings"])
 
 
@@ -168,7 +169,11 @@ async def training_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     _owned_job(services, job_id, principal)
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = 0
+    if last_event_id:  # the id of an event we sent: a decimal integer of the event table's range
+        if not (last_event_id.isascii() and last_event_id.isdecimal() and int(last_event_id) <= MAX_EVENT_ID):
+            raise HTTPException(422, detail=f"Last-Event-ID must be the id of an event, got {last_event_id[:40]!r}")
+        after = int(last_event_id)
     return StreamingResponse(job_event_stream(request, services, job_id, after, base_url),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -179,7 +184,7 @@ def training_logs(
     job_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    after: Annotated[int, Query(ge=0, description="id of the last line already seen")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="id of the last line already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     _owned_job(services, job_id, principal)

@@ -25,6 +25,8 @@ router = APIRouter(prefix="/v1", tags=["usage and billing"])
 
 DEFAULT_PERIOD_DAYS = 30
 DASHBOARD_JOBS = 100
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def _moment(value: str | None, default: dt.datetime, name: str) -> dt.datetime:
@@ -32,9 +34,13 @@ def _moment(value: str | None, default: dt.datetime, name: str) -> dt.datetime:
         return default
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise HTTPException(422, detail=f"{name} must be an ISO date or date-time, got {value!r}") from None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+        parsed = parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise HTTPException(422, detail=f"{name} must be an ISO date or date-time, got {value[:60]!r}") from None
+    if not EARLIEST <= parsed <= LATEST:  # the default period reaches 30 days before `end`
+        raise HTTPException(422, detail=f"{name} must be between {EARLIEST.date()} and {LATEST.date()}, "
+                                        f"got {value[:60]!r}")
+    return parsed
 
 
 def _scope(principal, owner: str | None) -> str | None:

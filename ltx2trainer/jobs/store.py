@@ -102,6 +102,10 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
-        return dt.datetime.fromisoformat(created_at), str(job_id)
-    except (ValueError, TypeError) as exc:
+        moment = dt.datetime.fromisoformat(created_at)
+        moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+        if not isinstance(job_id, str) or "\x00" in job_id:
+            raise ValueError("not one of our job ids")
+        return moment, job_id
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidCursor(f"invalid cursor: {cursor[:40]!r}") from exc
