@@ -60,6 +60,10 @@ def _urls(base_url: str, app: str, request_id: str) -> dict[str, str]:
 
 
 def _header(request_id: str) -> dict[str, str]:
+    """The request id echoed as fal does; only when it can be one (a header holds printable ASCII: echoing a
+    caller's arbitrary path segment into a header failed the response)."""
+    if not (request_id.isascii() and request_id.isprintable() and len(request_id) <= 128):
+        return {}
     return {"x-fal-request-id": request_id}
 
 
