@@ -111,9 +111,9 @@ def cancel(app: str, request_id: str, request: Request, principal: PrincipalDep,
            services: ServicesDep) -> JSONResponse:
     _check_app(app, services)
     outcome = services.lifecycle.request_cancel(request_id, owner=principal.owner)
-    request.app.state.poll_cache.forget(request_id)
     if outcome is CancelOutcome.NOT_FOUND:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404, headers=_header(request_id))
+    request.app.state.poll_cache.forget(request_id)  # the owner's cancel: polls see it at once
     if outcome is CancelOutcome.ALREADY_TERMINAL:
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400, headers=_header(request_id))
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=_header(request_id))

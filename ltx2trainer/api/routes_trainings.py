@@ -148,9 +148,9 @@ def list_trainings(
 def cancel_training(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
                     base_url: BaseUrlDep, response: Response) -> TrainingJob:
     outcome = services.lifecycle.request_cancel(job_id, owner=principal.owner)
-    request.app.state.poll_cache.forget(job_id)
     if outcome is CancelOutcome.NOT_FOUND:
         raise HTTPException(404, detail=f"no training {job_id}")
+    request.app.state.poll_cache.forget(job_id)  # the owner's cancel: polls see it at once
     job = services.store.get(job_id, principal.owner)
     if outcome is CancelOutcome.ALREADY_TERMINAL and job.status != JobStatus.CANCELLED:
         raise HTTPException(409, detail=f"training {job_id} already {job.status}; nothing to cancel")

@@ -55,8 +55,10 @@ class PollCacheMiddleware:
         if job_id is None or self.cache.ttl_s <= 0:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        key = (scope["path"], scope["query_string"], headers.get(b"authorization"), headers.get(b"host"),
+        # Every Authorization and Host header, in order: authentication reads the first of several, and two
+        # requests share an answer only when everything that could decide it is the same.
+        key = (scope["path"], scope["query_string"],
+               tuple(value for name, value in scope["headers"] if name in (b"authorization", b"host")),
                scope.get("scheme"), scope.get("root_path"))
         hit = self.cache.peek(key)
         cached = hit[1] if hit is not None else None
