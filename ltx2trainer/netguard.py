@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import urllib.parse
 
 from ltx2trainer.errors import UserInputError
 
@@ -84,3 +85,26 @@ def check_peer(host: str, peer_address: str | None, *, allow_private: bool, what
     address = ipaddress.ip_address(peer_address.split("%")[0])
     if not is_public_address(address):
         raise BlockedAddressError(what, host, str(address))
+
+
+def check_url_at_submit(url: str, *, allow_private: bool, what: str) -> None:
+    """Refuse now a URL the service would refuse when it calls it: an address literal or a name that resolves
+    to a non-public address. A name that does not resolve yet is let through (DNS can be late; the call
+    checks again and reports)."""
+    if allow_private:
+        return
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            addresses = resolve_host(host, port)
+        except UserInputError:
+            return
+    for address in addresses:
+        if not is_public_address(address):
+            raise BlockedAddressError(what, host, str(address))

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         "development", description="production refuses to start without real secrets."
     )
     public_base_url: str = Field("", description="Base URL clients reach the gateway at; default: the request's.")
+    metrics_require_key: bool = Field(
+        False, description="/metrics answers only requests with an admin key (the scraper sends one); off: open "
+        "to anyone who reaches the gateway (bind or firewall it then).")
     status_cache_ttl_s: float = Field(
         0.2, ge=0, description="How long a status-poll answer is replayed to the same caller (0: never).")
     file_url_secret: str = Field("", description="HMAC key of signed local file URLs (dev: generated).")

@@ -185,6 +185,17 @@ def test_metrics_count_jobs_by_status_queue_depth_and_step_rate(api: Api):
         assert expected in lines, expected
 
 
+def test_metrics_can_be_kept_for_admin_keys(api):
+    from ltx2trainer.jobs.keys import create_key
+
+    api.services.settings.metrics_require_key = True
+    assert api.client.get("/metrics").status_code == 401
+    assert api.client.get("/metrics", headers=api.alice).status_code == 403
+    admin = create_key(api.services.db, "ops", is_admin=True).token
+    answer = api.client.get("/metrics", headers={"Authorization": f"Key {admin}"})
+    assert answer.status_code == 200 and "ltx2trainer_queue_depth" in answer.text
+
+
 def test_openapi_documents_the_native_routes(tmp_path: Path):
     settings = Settings(data_dir=tmp_path / "data", allow_private_urls=True)
     with TestClient(create_app(settings, services=Services(settings))) as client:

@@ -51,3 +51,18 @@ def test_a_nul_byte_in_a_job_id_is_a_bad_request(api, path):
 def test_a_nul_byte_in_a_submitted_string_is_refused(api, field):
     body = {"training_data_url": "https://example.com/a.zip", field: f"https://example.com/{NUL}hook"}
     assert no_server_error(api, "POST", "/v1/trainings", json=body) == 422
+
+
+@pytest.mark.parametrize("hook", ["http://10.0.0.5/hook", "http://127.0.0.1:9000/hook", "http://[::1]/hook",
+                                  "http://169.254.169.254/latest", "http://localhost/hook"])
+def test_a_private_webhook_url_is_refused_at_submit_not_failed_later(api, hook):
+    api.services.settings.allow_private_urls = False
+    answer = api.client.post("/v1/trainings", json={"training_data_url": "https://example.com/a.zip",
+                                                    "webhook_url": hook}, headers=api.alice)
+    assert answer.status_code == 422
+    error = answer.json()["detail"][0]
+    assert error["loc"] == ["body", "webhook_url"] and error["type"] == "blocked_url"
+    fal = api.client.post(f"/fal-ai/ltx2-video-trainer?fal_webhook={hook}",
+                          json={"training_data_url": "https://example.com/a.zip"}, headers=api.alice)
+    assert fal.status_code == 422 and "fal_webhook" in fal.text
+    assert api.client.get("/v1/trainings", headers=api.alice).json()["data"] == []  # nothing was queued

@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 
 from ltx2trainer.api.cache import TTLCache
-from ltx2trainer.api.deps import ServicesDep
+from ltx2trainer.api.deps import ServicesDep, get_admin, get_principal
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.workers import identify_model, recent_workers
 from ltx2trainer.wiring import Services
@@ -39,7 +39,9 @@ def health(services: ServicesDep) -> dict[str, Any]:
 
 
 @router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, training step rate")
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
+    if request.app.state.services.settings.metrics_require_key:
+        await get_admin(await get_principal(request))  # 401 without a key, 403 with a non-admin one
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -16,9 +16,11 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Resp
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
+from ltx2trainer import netguard
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
 from ltx2trainer.api.render import OUTPUT_FILES, estimated_cost, render_file, render_job
 from ltx2trainer.api.sse import job_event_stream
+from ltx2trainer.errors import UserInputError
 from ltx2trainer.jobs.lifecycle import CancelOutcome, IdempotencyConflict, request_hash
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.store import InvalidCursor
@@ -61,6 +63,13 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
     """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
     fal facade. An idempotent replay returns the original job before any budget is checked again."""
     training_input = validate_training_input(body, services.settings.allow_file_urls)
+    for what, url in (("webhook_url", training_input.webhook_url), ("fal_webhook", fal_webhook)):
+        if url:  # refused now rather than failing every delivery later
+            try:
+                netguard.check_url_at_submit(url, allow_private=services.settings.allow_private_urls, what=what)
+            except UserInputError as exc:
+                raise HTTPException(422, detail=[{"loc": ["body", what] if what == "webhook_url" else
+                                                  ["query", what], "msg": exc.message, "type": exc.code}]) from None
     body_hash = request_hash({"body": body, "app_id": app_id, "fal_webhook": fal_webhook})
     try:
         replay = services.lifecycle.replay(principal.owner, idempotency_key, body_hash)
