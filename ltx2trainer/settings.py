@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         "development", description="production refuses to start without real secrets."
     )
     public_base_url: str = Field("", description="Base URL clients reach the gateway at; default: the request's.")
+    max_request_bytes: int = Field(
+        64 * 2**20, gt=0, description="Largest request body (a data: URL of a ~47 MB zip); larger ones get a 413 "
+        "that says to upload by URL. Bodies over 64 KiB are read only for a valid API key.")
     metrics_require_key: bool = Field(
         False, description="/metrics answers only requests with an admin key (the scraper sends one); off: open "
         "to anyone who reaches the gateway (bind or firewall it then).")

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from ltx2trainer.api import routes_ops, routes_trainings, routes_usage
 from ltx2trainer.api.cache import TTLCache
-from ltx2trainer.api.middleware import AccessLog, RefuseNulBytes, ThreadLimit
+from ltx2trainer.api.middleware import AccessLog, BoundedBody, RefuseNulBytes, ThreadLimit
 from ltx2trainer.api.status_cache import PollCache, PollCacheMiddleware
 from ltx2trainer.settings import Settings, check_secrets
 from ltx2trainer.wiring import Services
@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     app.add_middleware(ThreadLimit, threads=GATEWAY_THREADS)
     app.add_middleware(PollCacheMiddleware, cache=app.state.poll_cache, patterns=STATUS_POLL_PATHS)
+    app.add_middleware(BoundedBody, limit=settings.max_request_bytes)
     app.add_middleware(RefuseNulBytes)  # before the poll cache and every route: a 400, not a database error
     app.add_middleware(AccessLog)
     return app

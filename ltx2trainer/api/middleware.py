@@ -88,3 +88,88 @@ def _has_nul(scope) -> bool:
     if b"\x00" in query or b"%00" in query:
         return True
     return any(b"\x00" in name or b"\x00" in value for name, value in scope.get("headers", ()))
+
+
+class BoundedBody:
+    """Bodies over `limit` bytes are refused with a 413 (from Content-Length before a byte is read, or the moment
+    a chunked body crosses it), and a body over `auth_first` bytes is read only for a valid API key: a 401 is
+    answered without reading it. A stranger cannot make the gateway buffer and parse hundreds of megabytes.
+
+    The body is read here (at most `limit` bytes, which the route would buffer anyway) and replayed to the app:
+    an exception raised from inside the app's own reading would reach FastAPI's body parser, which turns every
+    error into a 400.
+    """
+
+    def __init__(self, app, limit: int, auth_first: int = 64 * 1024) -> None:
+        self.app = app
+        self.limit = limit
+        self.auth_first = auth_first
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        size = int(declared) if declared and declared.isdigit() else None
+        if size is not None and size > self.limit:
+            await _answer(send, 413, self._too_large(size))
+            return
+        if (size is None or size > self.auth_first) and not await _authenticated(scope, headers):
+            await _answer(send, 401, "missing or invalid API key: send 'Authorization: Key <key id>:<secret>' "
+                                     "(or Bearer); large bodies are read only for a valid key")
+            return
+        chunks, received = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.limit:
+                await _answer(send, 413, self._too_large(received, at_least=True))
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would say it
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, size: int, at_least: bool = False) -> str:
+        mib = 2**20
+        return (f"the request body is {'more than ' if at_least else ''}{size / mib:.1f} MiB; the limit is "
+                f"{self.limit / mib:.1f} MiB. Upload large training data to storage you control and pass its "
+                "https URL as training_data_url instead of a data: URL")
+
+
+async def _authenticated(scope, headers: dict) -> bool:
+    from starlette.concurrency import run_in_threadpool
+
+    from ltx2trainer.jobs.keys import authenticate
+
+    app = scope["app"]
+    header = headers.get(b"authorization", b"").decode("latin-1") or None
+    cache = app.state.auth_cache
+    principal = cache.peek(header)
+    if principal is None:
+        services = app.state.services
+        principal = await run_in_threadpool(cache.get, header, lambda value: authenticate(services.db, value))
+    return principal is not None
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
