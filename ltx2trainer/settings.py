@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     download_connect_timeout_s: float = Field(10.0, gt=0)
     download_read_timeout_s: float = Field(60.0, gt=0, description="Longest silence while downloading.")
     download_max_redirects: int = Field(5, ge=0)
+    download_deadline_s: float = Field(
+        7200.0, gt=0, description="Longest a whole download may take, redirects included (a server trickling "
+        "bytes cannot hold a worker longer).")
     allow_private_urls: bool = Field(
         False,
         description="Allow URLs that resolve to loopback, private, link-local or metadata addresses "

@@ -48,6 +48,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     send_length: bool = True  # False: no Content-Length, body streamed until the connection closes
     stall_s: float = 0.0  # sleep this long after the headers before sending the body
+    trickle_s: float = 0.0  # send the body one byte at a time, this long apart
 
 
 class LoopbackServer:
@@ -76,7 +77,13 @@ class LoopbackServer:
                 if route.stall_s:
                     time.sleep(route.stall_s)
                 try:
-                    self.wfile.write(route.body)
+                    if route.trickle_s:
+                        for index in range(len(route.body)):
+                            self.wfile.write(route.body[index:index + 1])
+                            self.wfile.flush()
+                            time.sleep(route.trickle_s)
+                    else:
+                        self.wfile.write(route.body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

@@ -110,6 +110,16 @@ def receiver() -> Iterator[Receiver]:
             if answer == "hang":
                 time.sleep(TIMEOUT_S * 2.5)
                 answer = 200
+            if answer == "trickle":  # a status line one byte at a time, each well within the read timeout
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(TIMEOUT_S / 4)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+                return
             status, extra = answer if isinstance(answer, tuple) else (answer, {})
             try:
                 self.send_response(status)
@@ -402,6 +412,19 @@ def test_timeout_is_a_failed_attempt_that_is_retried(lifecycle, db, deliverer, r
     clock.advance(6)
     assert deliverer.deliver_due() == 1
     assert message(db, msg_id).status == WebhookStatus.DELIVERED
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_attempts_time_limit(lifecycle, db, deliverer, receiver):
+    """Each byte comes within the read timeout, the whole answer would take ~4 s: the attempt ends at
+    webhook_timeout_s all the same (one slow receiver must not hold the deliverer)."""
+    receiver.script["/hook"] = ["trickle"]
+    run_job(lifecycle, fal_webhook=receiver.url("/hook"))
+    msg_id = only_message(db).id
+    began = time.monotonic()
+    assert deliverer.deliver_due() == 1
+    assert time.monotonic() - began < TIMEOUT_S * 3
+    [first] = attempts(db, msg_id)
+    assert first.status_code is None and "timed out" in first.error
 
 
 def test_retry_after_seconds_larger_than_the_schedule_is_honoured(lifecycle, db, deliverer, receiver, clock):

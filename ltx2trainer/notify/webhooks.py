@@ -43,6 +43,7 @@ from standardwebhooks import Webhook
 
 from ltx2trainer import netguard
 from ltx2trainer.errors import UserInputError
+from ltx2trainer.guarded_http import Deadline, guarded_client
 from ltx2trainer.jobs.db import Database, utcnow
 from ltx2trainer.jobs.lifecycle import TransitionListener
 from ltx2trainer.jobs.models import JobRow, JobStatus
@@ -244,6 +245,9 @@ class WebhookDeliverer:
         self.lease = dt.timedelta(seconds=self.timeout_s + CLAIM_LEASE_MARGIN_S)
         self._webhook = Webhook(settings.secret("webhook_secret"))  # fails fast on a missing or bad secret
         self._owns_client = client is None
+        if client is None and resolve_addresses:  # resolve once, connect to the checked address (rebinding)
+            client = guarded_client(allow_private=settings.allow_private_urls, what="the webhook URL",
+                                    timeout=self.timeout_s, headers={"User-Agent": USER_AGENT})
         self._client = client or httpx.Client(
             follow_redirects=False, timeout=self.timeout_s, headers={"User-Agent": USER_AGENT}
         )
@@ -347,8 +351,11 @@ class WebhookDeliverer:
             "User-Agent": USER_AGENT,
         }
         details: dict[str, Any] = {"webhook_timestamp": seconds}
+        # webhook_timeout_s bounds the whole attempt, not each read: a receiver answering one byte at a time
+        # would otherwise hold the deliverer (and every tenant's webhooks behind it) as long as it likes.
+        deadline = Deadline(self.timeout_s)
         try:
-            with self._client.stream(
+            with deadline, self._client.stream(
                 "POST", message.url, content=body.encode("utf-8"), headers=headers,
                 follow_redirects=False, timeout=self.timeout_s,
             ) as response:
@@ -375,8 +382,13 @@ class WebhookDeliverer:
                     if retry_after is not None:
                         details["retry_after_s"] = retry_after
                 return _Outcome(status_code=code, error=reason, retry_after_s=retry_after, details=details)
-        except httpx.TimeoutException as exc:
-            return _Outcome(error=f"timed out after {self.timeout_s:g} s ({type(exc).__name__})", details=details)
+        except netguard.BlockedAddressError as exc:  # refused when connecting (guarded_http)
+            return _Outcome(error=f"blocked: {exc.message}", permanent=True, details=details)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            if deadline.expired or isinstance(exc, httpx.TimeoutException):
+                return _Outcome(error=f"timed out: no complete answer within {self.timeout_s:g} s "
+                                      f"({type(exc).__name__})", details=details)
+            return _Outcome(error=f"{type(exc).__name__}: {exc}", details=details)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return _Outcome(error=f"unusable URL: {exc}", permanent=True, details=details)
         except httpx.HTTPError as exc:

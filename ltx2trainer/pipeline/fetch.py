@@ -19,6 +19,7 @@ import httpx
 
 from ltx2trainer import netguard
 from ltx2trainer.errors import UserInputError
+from ltx2trainer.guarded_http import Deadline, DeadlineExceeded, guarded_client
 from ltx2trainer.pipeline.extract import ExtractLimits, IgnoredEntry, extract_archive
 from ltx2trainer.settings import Settings
 
@@ -111,7 +112,10 @@ def _download_http(source: str, dest: Path, settings: Settings, on_progress: Pro
         pool=settings.download_connect_timeout_s,
     )
     url = source
-    with httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}) as client:
+    client = guarded_client(allow_private=settings.allow_private_urls, what="training_data_url", timeout=timeout,
+                            headers={"User-Agent": USER_AGENT})
+    # One deadline for the whole download, redirects included: a peer trickling bytes cannot hold a worker.
+    with client, Deadline(settings.download_deadline_s) as deadline:
         # Redirects are followed by hand so that every hop passes the address checks.
         for _hop in range(settings.download_max_redirects + 1):
             host, port = _http_target(url, redirected=url != source)
@@ -133,26 +137,31 @@ def _download_http(source: str, dest: Path, settings: Settings, on_progress: Pro
                             f"{response.reason_phrase} from {host}",
                             code="download_failed",
                         )
-                    return _save_response(response, dest, settings.download_max_bytes, on_progress)
+                    return _save_response(response, dest, settings.download_max_bytes, on_progress, deadline)
             except httpx.InvalidURL as exc:  # httpx parses a redirect's Location before handing it over
                 raise UserInputError(f"download from {host} redirected to an invalid URL ({exc})",
                                      code="bad_url") from exc
-            except httpx.TimeoutException as exc:
-                raise UserInputError(
-                    f"downloading the training data from {host} timed out ({type(exc).__name__}: no data for "
-                    f"{settings.download_read_timeout_s:g} s or no connection within "
-                    f"{settings.download_connect_timeout_s:g} s)",
-                    code="download_failed",
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise UserInputError(
-                    f"downloading the training data from {host} failed: {type(exc).__name__}: {exc}",
-                    code="download_failed",
-                ) from exc
+            except (httpx.HTTPError, DeadlineExceeded) as exc:
+                raise _download_error(exc, host, settings, deadline.expired) from exc
     raise UserInputError(
         f"downloading the training data failed: more than {settings.download_max_redirects} redirects",
         code="download_failed",
     )
+
+
+def _download_error(exc: Exception, host: str, settings: Settings, past_deadline: bool) -> UserInputError:
+    """The user's error for a failed download: past the total deadline, timed out, or another HTTP failure."""
+    if past_deadline:
+        return UserInputError(
+            f"downloading the training data from {host} took longer than {settings.download_deadline_s:g} s in "
+            "total (the service's download deadline); the server sends too slowly", code="download_failed")
+    if isinstance(exc, httpx.TimeoutException):
+        return UserInputError(
+            f"downloading the training data from {host} timed out ({type(exc).__name__}: no data for "
+            f"{settings.download_read_timeout_s:g} s or no connection within "
+            f"{settings.download_connect_timeout_s:g} s)", code="download_failed")
+    return UserInputError(f"downloading the training data from {host} failed: {type(exc).__name__}: {exc}",
+                          code="download_failed")
 
 
 def _http_target(url: str, *, redirected: bool) -> tuple[str, int]:
@@ -172,7 +181,8 @@ def _http_target(url: str, *, redirected: bool) -> tuple[str, int]:
 
 
 def _save_response(
-    response: httpx.Response, dest: Path, max_bytes: int, on_progress: ProgressCallback | None
+    response: httpx.Response, dest: Path, max_bytes: int, on_progress: ProgressCallback | None,
+    deadline: Deadline | None = None,
 ) -> Path:
     declared = response.headers.get("content-length")
     total = int(declared) if declared and declared.isdigit() else None
@@ -182,6 +192,8 @@ def _save_response(
     def chunks():
         received = 0
         for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+            if deadline is not None:
+                deadline.check()
             received += len(chunk)
             if received > max_bytes:  # a missing or lying Content-Length does not get past the limit
                 raise UserInputError(_too_large_message(received, max_bytes, at_least=True), code="too_large")
