@@ -5,7 +5,7 @@ planner's prediction, FLOPs and MFU, the attention kernel, host-device syncs.
     .venv/bin/python bench/gpu_step.py --version 2.3 --base-precision int8 --optimizer adamw8bit
     .venv/bin/python bench/gpu_step.py --version 2.3 --meta        # anywhere: full-size build on the meta
                                                                    # device, parameter counts and FLOPs
-    .venv/bin/python bench/gpu_step.py --device cpu --layers 2 --narrow 8 --frames 9 --height 128 \
+    .venv/bin/python bench/gpu_step.py --device cpu --layers 3 --narrow 8 --frames 9 --height 128 \
         --width 128 --text-tokens 64 --steps 2 --warmup 1          # CPU: reduced correctness check only
 
 The transformer is `LTX2VideoTransformer3DModel` with the released model's configuration as the package
@@ -38,8 +38,9 @@ syncs), one under torch.profiler (which SDPA implementation ran), one under Flop
 `--no-flop-check`; attention forced to the math kernel off CUDA).
 
 `--narrow N` divides every width (head dims, cross-attention and caption widths) by N, heads and structure
-unchanged: the planner is given the same narrowed dims. Only for a quick CPU run: real widths on a 2-core CPU
-take ~15 s/step per block pair in fp32 and minutes with int8 (torchao dequantizes to bf16 there).
+unchanged: the planner is given the same narrowed dims. Only for a quick CPU run: at real widths a 2-block
+step takes ~15 s in fp32 on a 2-core CPU and ~2 min with int8 (it computes in bf16, which such a CPU has no
+fast matmul for).
 
 Peak FLOP/s for MFU: `--peak-tflops`, else by GPU name (dense bf16: H100/H200 SXM 989, H100 PCIe 756, A100
 312, L40S 362), else 989; none on CPU.
@@ -58,24 +59,19 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
-from bench.gpu_flops import (TFLOP, attention_kernels, check_inventory, check_line, count_flops,
-                             difference_percent, expected_lora_params, flops_lines, kernel_summary, step_flops)
+from bench import gpu_flops as gf
 from ltx2trainer.model.components import REAL_MAX_SEQUENCE_LENGTH
 from ltx2trainer.model.lora import attach_lora
 from ltx2trainer.training.flow import Batch, flow_matching_loss, prepare_flow_step
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
-AUDIO_TOKENS_PER_SECOND = 16_000 / 160 / 4  # 25: sample rate / mel hop / 4x audio VAE compression
 PUBLISHED_PARAMS = {"2.0": "; published LTX-2.0: 18.88 B"}  # Lightricks names LTX-2.0 "19b"
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("A100", 312.0),
-               ("L40S", 362.0))
-DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GIB = 2**30
 
@@ -110,31 +106,7 @@ def planner_dims(version: str, layers: int, text_tokens: int, narrow: int = 1):
 # --------------------------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class Shapes:
-    frames: int
-    height: int
-    width: int
-    fps: float
-    latent_frames: int
-    latent_height: int
-    latent_width: int
-    video_tokens: int
-    audio_tokens: int
-    text_tokens: int
-
-
-def sample_shapes(frames: int, height: int, width: int, fps: float, text_tokens: int) -> Shapes:
-    """Token counts of one clip: 8x temporal / 32x spatial VAE, 1 token per latent voxel, 25 audio
-    tokens per second."""
-    if frames % 8 != 1 or height % 32 or width % 32:
-        raise SystemExit("frames must be 8k+1 and height/width multiples of 32")
-    f, h, w = (frames - 1) // 8 + 1, height // 32, width // 32
-    audio = round(frames / fps * AUDIO_TOKENS_PER_SECOND)
-    return Shapes(frames, height, width, fps, f, h, w, f * h * w, audio, text_tokens)
-
-
-def synthetic_batch(config: dict, shapes: Shapes, batch: int, generator: torch.Generator) -> Batch:
+def synthetic_batch(config: dict, shapes: gf.Shapes, batch: int, generator: torch.Generator) -> Batch:
     """A Batch of the real shapes (float32, CPU, like TrainingData.batch gives), filled with noise. Context
     widths as in tests.memory_measure.synthetic_batch: caption-wide for 2.0, the stream widths for 2.3."""
     c, ca = config["in_channels"], config["audio_in_channels"]
@@ -180,12 +152,13 @@ def build_transformer(config: dict, device: torch.device | str, dtype: torch.dty
 @torch.no_grad()
 def fill_random(model: torch.nn.Module, seed: int = 0) -> None:
     """Weights ~ N(0, 1/fan_in) (variance-preserving: losses stay finite through 48 blocks), biases 0, norm
-    weights 1, modulation tables N(0, 0.02). On CUDA `normal_` per tensor. On the host `normal_` runs at
-    ~0.2 GB/s on 2 cores (19B bf16 weights: minutes), so a 16M-value N(0, 1) block is tiled into each tensor
-    from a different offset and scaled (~15 GB/s here: 2 blocks of LTX-2.3, 1.2 B values, in 0.2 s; the
-    19 B model in ~3 s). Repeated values do not change what a step costs."""
+    weights 1, modulation tables N(0, 0.02). On CUDA `normal_` per tensor. On the host `normal_` is slow
+    (~0.1 GB/s on this 2-core CPU: 10.7 s for 2 blocks of LTX-2.3, ~3 min for the 19 B model), so a block of
+    16 M N(0, std) values per (std, dtype) is made once and tiled into each tensor from a different offset:
+    1.9 s for 2 blocks (1.2 B values, first-touch page faults included), 2.6 s for 4, so ~17 s for the
+    48-block model here. Repeated values do not change what a step costs."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    block = None
+    blocks: dict[tuple[float, torch.dtype], torch.Tensor] = {}
     for i, (name, p) in enumerate(model.named_parameters()):
         if p.dim() < 2:
             p.fill_(0.0 if name.endswith("bias") else 1.0)
@@ -194,30 +167,14 @@ def fill_random(model: torch.nn.Module, seed: int = 0) -> None:
         if p.device.type == "cuda":
             p.normal_(0.0, std)
             continue
-        if block is None:
-            block = torch.randn(1 << 24, generator=generator)
+        if (std, p.dtype) not in blocks:
+            blocks[std, p.dtype] = (torch.randn(1 << 24, generator=generator) * std).to(p.dtype)
+        block = blocks[std, p.dtype]
         flat, done, offset = p.view(-1), 0, (i * 104_729) % block.numel()
         while done < flat.numel():
             n = min(flat.numel() - done, block.numel() - offset)
             flat[done:done + n].copy_(block[offset:offset + n])
             done, offset = done + n, 0
-        p.mul_(std)
-
-
-def peak_tflops_for(name: str) -> float:
-    for key, value in PEAK_TFLOPS:
-        if key.lower() in name.lower():
-            return value
-    return DEFAULT_PEAK_TFLOPS
-
-
-def math_attention(device_type: str):
-    """The math SDPA kernel where the flop counter does not know the fused one (CPU, meta)."""
-    if device_type == "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def peak_rss_gib() -> float:
@@ -240,7 +197,7 @@ def predicted_train(args, cuda: bool):
 # ----------------------------------------------------------------------------------------------- modes
 
 
-def run_meta(args, config: dict, shapes: Shapes) -> dict:
+def run_meta(args, config: dict, shapes: gf.Shapes) -> dict:
     """Full-size build on the meta device: parameter counts, inventory check, analytic and counted FLOPs."""
     started = time.perf_counter()
     model = build_transformer(config, "meta", DTYPES[args.dtype])
@@ -248,11 +205,11 @@ def run_meta(args, config: dict, shapes: Shapes) -> dict:
     block_params = sum(p.numel() for p in model.transformer_blocks[0].parameters()) if args.layers else 0
     lora = attach_lora(model, args.rank)
     lora_params = sum(p.numel() for p in lora)
-    if lora_params != expected_lora_params(config, args.rank):
+    if lora_params != gf.expected_lora_params(config, args.rank):
         raise AssertionError(f"LoRA has {lora_params} parameters, inventory says "
-                             f"{expected_lora_params(config, args.rank)}")
-    linear_weights = check_inventory(model, config)
-    flops = step_flops(config, shapes.video_tokens, shapes.audio_tokens, shapes.text_tokens, args.rank,
+                             f"{gf.expected_lora_params(config, args.rank)}")
+    linear_weights = gf.check_inventory(model, config)
+    flops = gf.step_flops(config, shapes.video_tokens, shapes.audio_tokens, shapes.text_tokens, args.rank,
                        args.batch_size, checkpointing=True)
     model.enable_gradient_checkpointing()
     model.train()
@@ -265,37 +222,38 @@ def run_meta(args, config: dict, shapes: Shapes) -> dict:
         loss, _, _ = flow_matching_loss(video, audio, flow)
         loss.backward()
 
-    with math_attention("meta"):
-        counted, by_op = count_flops(step)
+    with gf.math_attention("meta"):
+        counted, by_op = gf.count_flops(step)
     planner = planner_dims(args.version, args.layers, args.text_tokens, args.narrow).transformer
     predicted, _ = predicted_train(args, cuda=True)
     result = {
         "mode": "meta", "params": params, "params_per_block": block_params, "lora_params": lora_params,
         "planner_params": planner.params, "linear_weights": linear_weights, "flops": flops,
         "counted_flops": counted, "counted_by_op": by_op,
-        "flop_check_percent": difference_percent(counted, flops["hardware"]),
+        "flop_check_percent": gf.difference_percent(counted, flops["hardware"]),
         "predicted_peak_gib": predicted.peak / GIB, "predicted_tensors_gib": predicted.tensors / GIB,
         "build_and_count_s": time.perf_counter() - started,
     }
     latent = [config["in_channels"], shapes.latent_frames, shapes.latent_height, shapes.latent_width]
+    published = PUBLISHED_PARAMS.get(args.version, "") if (args.layers, args.narrow) == (48, 1) else ""
     lines = [
         (f"LTX-{args.version}, FULL-SIZE CONFIG ON THE META DEVICE (no weights, no timing): {args.layers} blocks, "
          f"{args.frames} frames {args.height}x{args.width}, rank {args.rank}, batch {args.batch_size}"),
-        (f"transformer parameters: {params / 1e9:.3f} B ({params:,}{PUBLISHED_PARAMS.get(args.version, '')}; "
+        (f"transformer parameters: {params / 1e9:.3f} B ({params:,}{published}; "
          f"planner's count {planner.params:,}); per block {block_params / 1e6:.2f} M"),
         f"LoRA rank {args.rank} parameters: {lora_params / 1e6:.1f} M ({lora_params:,}) = inventory",
         f"FLOP inventory matches the model's {linear_weights / 1e9:.3f} B nn.Linear weights",
         (f"tokens per sample: video {shapes.video_tokens} ({latent}), audio {shapes.audio_tokens}, "
          f"text {shapes.text_tokens}"),
-        *flops_lines(flops),
-        check_line("FlopCounterMode on meta (fwd + bwd + recompute, math attention)", counted, flops["hardware"]),
+        *gf.flops_lines(flops),
+        gf.check_line("FlopCounterMode on meta (fwd + bwd + recompute, math attention)", counted, flops["hardware"]),
         (f"planner, train phase ({args.base_precision}, {args.optimizer}, GPU): {predicted.peak / GIB:.2f} GiB "
          f"peak, {predicted.tensors / GIB:.2f} GiB of tensors"),
     ]
     if args.peak_tflops:
-        floor = flops["model"] / (args.peak_tflops * TFLOP)
+        floor = flops["model"] / (args.peak_tflops * gf.TFLOP)
         lines.append(f"at {args.peak_tflops:g} TFLOP/s peak, 100 % MFU would be {floor:.2f} s/step "
-                     f"({flops['hardware'] / (args.peak_tflops * TFLOP):.2f} s with the recompute)")
+                     f"({flops['hardware'] / (args.peak_tflops * gf.TFLOP):.2f} s with the recompute)")
     result["summary"] = lines
     return result
 
@@ -325,20 +283,18 @@ def build_for_run(args, config: dict, device: torch.device, dtype: torch.dtype):
     return model, (torch.cuda.max_memory_allocated() if cuda else None), time.perf_counter() - started
 
 
-def run_timed(args, config: dict, shapes: Shapes) -> dict:
+def run_timed(args, config: dict, shapes: gf.Shapes) -> dict:
     """Build, attach LoRA, time `--steps` training steps after `--warmup`, then the untimed probe steps."""
     from ltx2trainer.training.optimizer import make_optimizer
 
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     started = time.perf_counter()
     model, load_peak, load_s = build_for_run(args, config, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     parameters = attach_lora(model, args.rank)
-    trainable = sum(p.numel() for p in parameters)
-    check_inventory(model, config)
+    gf.check_inventory(model, config)
     compiled = 0
     if args.compile:
         from ltx2trainer.training.speed import compile_blocks
@@ -358,23 +314,19 @@ def run_timed(args, config: dict, shapes: Shapes) -> dict:
     weights_bytes = torch.cuda.memory_allocated() if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-
     losses: list[torch.Tensor] = []
 
-    def forward_backward() -> None:
+    def step() -> None:  # the engine's step; the loss stays on the device
         with torch.autocast(device.type, dtype=torch.bfloat16) if args.autocast else contextlib.nullcontext():
             video, audio = model(**flow.model_kwargs)
         loss, _, _ = flow_matching_loss(video, audio, flow)
         loss.backward()
-        losses.append(loss.detach())
-
-    def step() -> None:
-        forward_backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
 
-    times, first_step_s = [], None
+    all_times = []
     for i in range(args.warmup + args.steps):
         if cuda:
             torch.cuda.synchronize()
@@ -382,32 +334,67 @@ def run_timed(args, config: dict, shapes: Shapes) -> dict:
         step()
         if cuda:
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        first_step_s = elapsed if first_step_s is None else first_step_s
-        if i >= args.warmup:
-            times.append(elapsed)
+        all_times.append(time.perf_counter() - t0)
         print(f"  step {i + 1}/{args.warmup + args.steps}{' (warm-up)' if i < args.warmup else ''}: "
-              f"{elapsed:.3f} s", flush=True)
+              f"{all_times[-1]:.3f} s", flush=True)
+    times = all_times[args.warmup:]
+    probe_s, mark = {}, time.perf_counter()
+    memory, syncs, sync_messages = measure_memory(args, cuda, step, model, optimizer, flow)
+    probe_s["memory_or_syncs"], mark = time.perf_counter() - mark, time.perf_counter()
+    kernels = gf.attention_kernels(step, cuda)
+    probe_s["profile"], mark = time.perf_counter() - mark, time.perf_counter()
+    counted = by_op = None
+    if not args.no_flop_check:
+        with gf.math_attention(device.type):
+            counted, by_op = gf.count_flops(step)
+        probe_s["flop_count"] = time.perf_counter() - mark
     loss_values = [float(v) for v in losses]  # the only host reads of the losses, after timing
-    probe_s = {}
-    mark = time.perf_counter()
+
+    flops = gf.step_flops(config, shapes.video_tokens, shapes.audio_tokens, shapes.text_tokens, args.rank,
+                          args.batch_size, checkpointing=True)
+    median_s = statistics.median(times)
+    name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
+    peak = args.peak_tflops or (gf.peak_tflops_for(name) if cuda else None)
+    achieved, achieved_hw = flops["model"] / median_s / gf.TFLOP, flops["hardware"] / median_s / gf.TFLOP
+    result = {
+        "mode": "timed", "device": name, "cuda": cuda, "params": params,
+        "lora_params": sum(p.numel() for p in parameters), "build_s": build_s, "load_s": load_s,
+        "compiled_blocks": compiled, "first_step_s": all_times[0], "step_s": times, "median_s": median_s,
+        "losses": loss_values, "losses_finite": all(math.isfinite(v) for v in loss_values),
+        "weights_bytes": weights_bytes, "load_peak_bytes": load_peak, "memory": memory, "flops": flops,
+        "counted_flops": counted, "counted_by_op": by_op,
+        "flop_check_percent": gf.difference_percent(counted, flops["hardware"]) if counted else None,
+        "achieved_tflops": achieved, "achieved_tflops_incl_recompute": achieved_hw, "peak_tflops": peak,
+        "mfu": achieved / peak if peak else None, "hfu": achieved_hw / peak if peak else None,
+        "attention_kernels": kernels, "attention_summary": gf.kernel_summary(kernels), "probe_s": probe_s,
+        "syncs": syncs, "sync_messages": sync_messages[:10], "peak_rss_gib": peak_rss_gib(),
+        "reduced": args.layers < 48 or args.narrow > 1 or (args.frames, args.height, args.width) != (89, 768, 768),
+    }
+    result["summary"] = timed_summary(args, shapes, result)
+    return result
+
+
+def measure_memory(args, cuda: bool, step, model, optimizer, flow) -> tuple[dict, int | None, list[str]]:
+    """Measured peak against the planner's (see the module docstring); on CUDA also one step under the sync
+    debug mode: (memory, host-device syncs, their messages)."""
     predicted, planner_precision = predicted_train(args, cuda)
     memory = {"predicted_tensors": predicted.tensors, "predicted_peak": predicted.peak,
               "predicted_terms": predicted.terms, "planner_precision": planner_precision}
+    syncs, messages = None, []
     if cuda:
         memory.update(measured=torch.cuda.max_memory_allocated(), reserved=torch.cuda.max_memory_reserved())
         free, total = torch.cuda.mem_get_info()
         memory["outside_allocator"] = (total - free) - torch.cuda.memory_reserved()
         memory["device_peak"] = memory["reserved"] + memory["outside_allocator"]
-        with warnings.catch_warnings(record=True) as caught:  # host-device syncs inside one step
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 step()
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        sync_messages = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-        syncs: int | None = len(sync_messages)
+        messages = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+        syncs = len(messages)
     else:
         from tests.memory_measure import LiveBytes
 
@@ -415,88 +402,62 @@ def run_timed(args, config: dict, shapes: Shapes) -> dict:
         inputs += [flow.video_target, flow.video_loss_mask, flow.audio_target]
         tracker = LiveBytes().track_module(model)
         tracker.track(optimizer.state_dict()["state"], inputs)
-        baseline = tracker.live
+        memory["baseline"] = tracker.live
         with tracker:
             step()
-        memory.update(measured=tracker.peak, baseline=baseline)
-        syncs, sync_messages = None, []
+        memory["measured"] = tracker.peak
     memory["error_percent"] = 100 * (predicted.tensors / memory["measured"] - 1)
-    probe_s["memory_or_syncs"], mark = time.perf_counter() - mark, time.perf_counter()
-    kernels = attention_kernels(step, cuda)
-    probe_s["profile"], mark = time.perf_counter() - mark, time.perf_counter()
-    counted = by_op = None
-    if not args.no_flop_check:
-        with math_attention(device.type):
-            counted, by_op = count_flops(step)
-        probe_s["flop_count"] = time.perf_counter() - mark
-    extra_losses = [float(v) for v in losses[len(loss_values):]]
+    return memory, syncs, messages
 
-    flops = step_flops(config, shapes.video_tokens, shapes.audio_tokens, shapes.text_tokens, args.rank,
-                       args.batch_size, checkpointing=True)
-    median_s = statistics.median(times)
-    name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
-    peak = args.peak_tflops or (peak_tflops_for(name) if cuda else None)
-    achieved, achieved_hw = flops["model"] / median_s / TFLOP, flops["hardware"] / median_s / TFLOP
-    mfu, hfu = (achieved / peak, achieved_hw / peak) if peak else (None, None)
-    reduced = args.layers < 48 or args.narrow > 1 or (args.frames, args.height, args.width) != (89, 768, 768)
-    all_losses = loss_values + extra_losses
-    finite = all(math.isfinite(v) for v in all_losses)
+
+def timed_summary(args, shapes: gf.Shapes, r: dict) -> list[str]:
+    m, cuda, times = r["memory"], r["cuda"], r["step_s"]
     lines = []
     if not cuda:
         lines.append("*** CPU RUN: a REDUCED CORRECTNESS CHECK, NOT THE REAL MEASUREMENT (that needs a GPU: 48 "
                      "blocks, 89 frames 768x768). ***")
-    elif reduced:
+    elif r["reduced"]:
         lines.append("*** reduced depth, width or size: not the real 48-block 89x768x768 measurement ***")
     precision = f"base {args.base_precision}, compute {args.dtype}" + (" + bf16 autocast" if args.autocast else "")
     lines += [
-        (f"device {name} ({device.type}), {precision}, optimizer {args.optimizer}, torch {torch.__version__}, "
-         f"{torch.get_num_threads()} CPU threads"),
+        (f"device {r['device']} ({args.device}), {precision}, optimizer {args.optimizer}, torch "
+         f"{torch.__version__}, {torch.get_num_threads()} CPU threads"),
         (f"model: LTX-{args.version} transformer, {args.layers} of 48 blocks"
-         + (f", widths / {args.narrow}" if args.narrow > 1 else "") + f", {params / 1e9:.3f} B parameters "
-         f"(random); LoRA rank {args.rank}: {trainable / 1e6:.2f} M trainable (fp32); checkpointing on"
-         + (f"; {compiled} blocks compiled" if compiled else "")),
+         + (f", widths / {args.narrow}" if args.narrow > 1 else "") + f", {r['params'] / 1e9:.3f} B parameters "
+         f"(random); LoRA rank {args.rank}: {r['lora_params'] / 1e6:.2f} M trainable (fp32); checkpointing on"
+         + (f"; {r['compiled_blocks']} blocks compiled" if r["compiled_blocks"] else "")),
         (f"sample: {args.frames} frames {args.height}x{args.width} → {shapes.video_tokens} video tokens, "
          f"{shapes.audio_tokens} audio tokens, {shapes.text_tokens} text tokens; batch {args.batch_size}"),
-        (f"build + quantize + LoRA + inputs: {build_s:.1f} s (weights {load_s:.1f} s); {args.warmup} warm-up, "
-         f"{args.steps} timed; first step {first_step_s:.2f} s" + (" (incl. compilation)" if compiled else "")),
-        (f"s/step: median {median_s:.3f}, mean {statistics.fmean(times):.3f}, best {min(times):.3f} (steps: "
-         + ", ".join(f"{t:.3f}" for t in times) + ")"),
-        f"loss: {', '.join(f'{v:.4f}' for v in all_losses)} ({'finite' if finite else 'NOT FINITE'})",
+        (f"build + quantize + LoRA + inputs: {r['build_s']:.1f} s (weights {r['load_s']:.1f} s); {args.warmup} "
+         f"warm-up, {args.steps} timed; first step {r['first_step_s']:.2f} s"
+         + (" (incl. compilation)" if r["compiled_blocks"] else "")),
+        (f"s/step: median {r['median_s']:.3f}, mean {statistics.fmean(times):.3f}, best {min(times):.3f} "
+         "(steps: " + ", ".join(f"{t:.3f}" for t in times) + ")"),
+        f"loss: {', '.join(f'{v:.4f}' for v in r['losses'])} ({'finite' if r['losses_finite'] else 'NOT FINITE'})",
     ]
     if cuda:
-        lines.append(f"GPU: after build {weights_bytes / GIB:.2f} GiB, load peak {load_peak / GIB:.2f} GiB; "
-                     f"step peak allocated {memory['measured'] / GIB:.2f} GiB, reserved "
-                     f"{memory['reserved'] / GIB:.2f} GiB, outside the allocator "
-                     f"{memory['outside_allocator'] / GIB:.2f} GiB")
+        lines.append(f"GPU: after build {r['weights_bytes'] / GIB:.2f} GiB, load peak {r['load_peak_bytes'] / GIB:.2f}"
+                     f" GiB; step peak allocated {m['measured'] / GIB:.2f} GiB, reserved {m['reserved'] / GIB:.2f} "
+                     f"GiB, outside the allocator {m['outside_allocator'] / GIB:.2f} GiB")
     else:
-        lines.append(f"peak RSS of this process (build included): {peak_rss_gib():.2f} GiB")
+        lines.append(f"peak RSS of this process (build included): {r['peak_rss_gib']:.2f} GiB")
     lines.append(f"memory ({'max_memory_allocated' if cuda else 'live tensor storage'} vs planner tensors, "
-                 f"{planner_precision}): predicted {predicted.tensors / GIB:.3f} GB, measured "
-                 f"{memory['measured'] / GIB:.3f} GB, error {memory['error_percent']:+.1f} %")
+                 f"{m['planner_precision']}): predicted {m['predicted_tensors'] / GIB:.3f} GB, measured "
+                 f"{m['measured'] / GIB:.3f} GB, error {m['error_percent']:+.1f} %")
     if cuda:
-        lines.append(f"  with the GPU allowance: predicted {predicted.peak / GIB:.2f} GB vs reserved + outside "
-                     f"{memory['device_peak'] / GIB:.2f} GB")
-    lines += flops_lines(flops)
-    lines.append(f"achieved: {achieved:.2f} TFLOP/s of model FLOPs, {achieved_hw:.2f} TFLOP/s incl. recompute "
-                 "(median step)")
-    lines.append(f"MFU {100 * mfu:.1f} % | HFU {100 * hfu:.1f} % of {peak:g} TFLOP/s" if peak else
-                 "MFU: n/a on CPU (give --peak-tflops to compute one)")
+        lines.append(f"  with the GPU allowance: predicted {m['predicted_peak'] / GIB:.2f} GB vs reserved + outside "
+                     f"the allocator {m['device_peak'] / GIB:.2f} GB")
+    lines += gf.flops_lines(r["flops"])
+    lines.append(f"achieved: {r['achieved_tflops']:.2f} TFLOP/s of model FLOPs, "
+                 f"{r['achieved_tflops_incl_recompute']:.2f} TFLOP/s incl. recompute (median step)")
+    lines.append(f"MFU {100 * r['mfu']:.1f} % | HFU {100 * r['hfu']:.1f} % of {r['peak_tflops']:g} TFLOP/s"
+                 if r["peak_tflops"] else "MFU: n/a on CPU (give --peak-tflops to compute one)")
     lines.append("attention kernels (one more step, profiled): "
-                 + (", ".join(f"{k} x{n}" for k, n in kernels.items()) or "none seen"))
-    lines.append(f"host-device syncs in a step: {syncs}" if cuda else "host-device syncs in a step: n/a (CPU)")
-    if counted is not None:
-        lines.append(check_line("FlopCounterMode around one more step", counted, flops["hardware"]))
-    return {
-        "mode": "timed", "device": name, "cuda": cuda, "reduced": reduced, "params": params,
-        "lora_params": trainable, "build_s": build_s, "load_s": load_s, "compiled_blocks": compiled,
-        "first_step_s": first_step_s, "step_s": times, "median_s": median_s, "losses": all_losses, "losses_finite": finite,
-        "weights_bytes": weights_bytes, "load_peak_bytes": load_peak, "memory": memory, "flops": flops,
-        "counted_flops": counted, "counted_by_op": by_op,
-        "flop_check_percent": difference_percent(counted, flops["hardware"]) if counted else None,
-        "achieved_tflops": achieved, "achieved_tflops_incl_recompute": achieved_hw, "peak_tflops": peak,
-        "mfu": mfu, "hfu": hfu, "attention_kernels": kernels, "attention_summary": kernel_summary(kernels),
-        "probe_s": probe_s, "syncs": syncs, "sync_messages": sync_messages[:10], "peak_rss_gib": peak_rss_gib(), "summary": lines,
-    }
+                 + (", ".join(f"{k} x{n}" for k, n in r["attention_kernels"].items()) or "none seen"))
+    lines.append(f"host-device syncs in a step: {r['syncs']}" if cuda else "host-device syncs in a step: n/a (CPU)")
+    if r["counted_flops"] is not None:
+        lines.append(gf.check_line("FlopCounterMode around one more step", r["counted_flops"], r["flops"]["hardware"]))
+    return lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -536,14 +497,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.base_precision != "bf16" and args.dtype != "bf16":
         parser.error("an int8/fp8 base computes in bf16: --dtype bf16")
     if args.peak_tflops is None and args.meta:
-        args.peak_tflops = DEFAULT_PEAK_TFLOPS
+        args.peak_tflops = gf.DEFAULT_PEAK_TFLOPS
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = model_config(args.version, args.layers, args.narrow)
-    shapes = sample_shapes(args.frames, args.height, args.width, args.fps, args.text_tokens)
+    shapes = gf.sample_shapes(args.frames, args.height, args.width, args.fps, args.text_tokens)
     print(f"LTX-{args.version} transformer config (tests.memory_measure.real_transformer_config), "
           f"num_layers={args.layers}" + (f", widths / {args.narrow}" if args.narrow > 1 else ""), flush=True)
     result = run_meta(args, config, shapes) if args.meta else run_timed(args, config, shapes)
