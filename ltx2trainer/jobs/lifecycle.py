@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -229,6 +229,22 @@ class Lifecycle:
             self._event(session, job, "log", _log_line(reason, "WARN"))
             self._transition(session, job, JobStatus.QUEUED)
             return True
+
+    def republish(self, job_id: str, queued_before: dt.datetime) -> bool:
+        """Claim the right to publish a queued job again (its broker message was lost): True for exactly one
+        caller, and only while the job is still queued and was not (re)published after `queued_before`."""
+        now = utcnow()
+        with self.db.session() as session:
+            claimed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED, JobRow.updated_at < queued_before)
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount == 1
+            if claimed:
+                job = session.get(JobRow, job_id)
+                self._event(session, job, "log", _log_line("the queue lost this job's message; queued again", "WARN"))
+            return claimed
 
     # --- the user's side ------------------------------------------------------------------------------
 

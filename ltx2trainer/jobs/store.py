@@ -85,6 +85,12 @@ class JobStore:
         with self.db.session() as session:
             return list(session.scalars(select(JobRow).where(JobRow.status == JobStatus.RUNNING)))
 
+    def queued_before(self, moment: dt.datetime) -> list[str]:
+        """Queued jobs last submitted or published before `moment`, oldest first."""
+        with self.db.session() as session:
+            return list(session.scalars(select(JobRow.id).where(
+                JobRow.status == JobStatus.QUEUED, JobRow.updated_at < moment).order_by(JobRow.created_at)))
+
     def expired_leases(self, now: dt.datetime | None = None) -> list[str]:
         """Running jobs whose worker stopped renewing its lease (crashed or killed)."""
         now = now or utcnow()

@@ -1,5 +1,6 @@
 """The worker process: the Celery app with the `run_job` task, plus a maintenance thread that delivers
-webhooks from the outbox, puts jobs of dead workers back in the queue and keeps this worker's entry (and the
+webhooks from the outbox, puts jobs of dead workers back in the queue, publishes again queued jobs the broker
+lost, and keeps this worker's entry (and the
 base model it serves) fresh in the workers table that `GET /health` reads.
 
     ltx2trainer worker        # one job at a time; run one per GPU
@@ -7,6 +8,7 @@ base model it serves) fresh in the workers table that `GET /health` reads.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 import threading
@@ -15,6 +17,7 @@ import time
 from celery import Celery, signals
 from celery.utils.nodenames import host_format
 
+from ltx2trainer.jobs.db import utcnow
 from ltx2trainer.jobs.workers import SEEN_EVERY_S, ServedModel, identify_model, record_worker, touch_worker
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_SWEEP_S = 1.0
 REAP_EVERY_S = 5.0
+LOST_AFTER_S = 30.0  # a queued job is looked for in the broker once it is this old (or this long republished)
 
 
 def make_worker_app(settings: Settings) -> Celery:
@@ -72,6 +76,7 @@ class Maintenance(threading.Thread):
                 tick += 1
                 if tick % ticks_per_reap == 0:
                     reap_dead_workers(services)
+                    sweep_lost_jobs(services)
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
                 log.exception("maintenance tick failed")
             if self.worker_name and time.monotonic() - last_seen >= SEEN_EVERY_S:
@@ -101,6 +106,24 @@ def reap_dead_workers(services: Services) -> list[str]:
             requeued.append(job_id)
             log.warning("requeued job %s: its worker's lease expired", job_id)
     return requeued
+
+
+def sweep_lost_jobs(services: Services, *, grace_s: float = LOST_AFTER_S) -> list[str]:
+    """Publish again the queued jobs whose broker message is gone (a Redis restart without persistence, a
+    message dropped when its claim failed). Idempotent: one sweeper wins each job (`Lifecycle.republish`), and a
+    duplicate message is harmless, since a job is claimed under a lease and never runs twice at once."""
+    pending = services.queue.pending_job_ids()
+    if pending is None:  # a broker that cannot be asked: nothing to compare with
+        return []
+    cutoff = utcnow() - dt.timedelta(seconds=grace_s)  # younger jobs may still be on their way to the broker
+    republished = []
+    for job_id in services.store.queued_before(cutoff):
+        if job_id in pending or not services.lifecycle.republish(job_id, cutoff):
+            continue
+        services.queue.enqueue(job_id)
+        republished.append(job_id)
+        log.warning("job %s: its queue message was lost; published it again", job_id)
+    return republished
 
 
 def announce_model(settings: Settings) -> ServedModel:

@@ -1,0 +1,70 @@
+"""The job store is the source of truth: queued jobs whose broker message was lost (Redis restarted without
+persistence, a message dropped after a failed claim) are published again by the workers' sweeper, once each."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import redis
+from sqlalchemy import select, update
+
+from ltx2trainer.jobs.models import JobRow
+from ltx2trainer.settings import Settings
+from ltx2trainer.wiring import Services
+from ltx2trainer.worker.app import reap_dead_workers, sweep_lost_jobs
+
+INPUT = {"training_data_url": "https://example.com/a.zip", "number_of_steps": 100}
+
+
+def submit(services: Services) -> str:
+    job, _ = services.lifecycle.submit("alice", INPUT)
+    services.queue.enqueue(job.id)
+    return job.id
+
+
+def age(services: Services, seconds: float = 120) -> None:
+    """As if every job had been submitted `seconds` ago (the sweeper leaves younger ones alone)."""
+    with services.db.session() as session:
+        for job in session.scalars(select(JobRow)):
+            session.execute(update(JobRow).where(JobRow.id == job.id).values(
+                updated_at=job.updated_at - dt.timedelta(seconds=seconds)))
+
+
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_queued_jobs_lost_by_the_broker_are_published_again_once(tmp_path, database_url, redis_url, broker):
+    url = redis_url if broker == "redis" else "filesystem://localhost/"
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=url)
+    services, other_worker = Services(settings), Services(settings)
+    queued = [submit(services) for _ in range(3)]
+    running = submit(services)
+    assert services.lifecycle.start(running, "worker-1", lease_s=60, max_attempts=3) is not None
+    age(services)
+    assert sweep_lost_jobs(services) == []  # every message is still there: nothing to do
+    assert services.queue.pending_job_ids() == set(queued) | {running}
+
+    if broker == "redis":  # a restart without persistence
+        redis.Redis.from_url(url).flushdb()
+    else:
+        for message in (tmp_path / "data" / "broker" / "queue").glob("*.msg"):
+            message.unlink()
+    assert services.queue.pending_job_ids() == set()
+
+    first, second = sweep_lost_jobs(services), sweep_lost_jobs(other_worker)  # two workers' sweepers
+    assert sorted(first + second) == sorted(queued)  # each queued job exactly once; the running one has a lease
+    assert services.queue.pending_job_ids() == set(queued)
+    assert sweep_lost_jobs(services) == []  # published again recently: left alone until it is old again
+    age(services)
+    assert sweep_lost_jobs(services) == []  # and its message is there now
+    logs = [event.data["message"] for event in services.store.events(queued[0], kinds=("log",))]
+    assert "the queue lost this job's message; queued again" in logs
+
+    # The running job's worker dies too: its lease expires, the reaper queues it again.
+    with services.db.session() as session:
+        session.execute(update(JobRow).where(JobRow.id == running).values(
+            lease_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+    assert reap_dead_workers(services) == [running]
+    assert services.queue.pending_job_ids() == set(queued) | {running}
+    for job_id in queued + [running]:  # a worker takes each message: each job starts once
+        assert services.lifecycle.start(job_id, "worker-2", lease_s=60, max_attempts=3) is not None
+        assert services.lifecycle.start(job_id, "worker-3", lease_s=60, max_attempts=3) is None  # a duplicate
