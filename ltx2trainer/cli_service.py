@@ -46,16 +46,17 @@ def serve(
 
     configure_json_logging()
     settings = get_settings()
-    worker = _start_worker_process() if with_worker else None
+    supervisor = None
+    if with_worker:  # restarted whenever it dies (ltx2trainer/supervise.py)
+        from ltx2trainer.supervise import Supervisor
+
+        supervisor = Supervisor(_start_worker_process)
+        supervisor.start()
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def _start_worker_process() -> subprocess.Popen:

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from ltx2trainer.api import create_app
 from ltx2trainer.jobs.db import utcnow
 from ltx2trainer.jobs.keys import create_key
-from ltx2trainer.jobs.models import WorkerRow
-from ltx2trainer.jobs.workers import RECENT_S, identify_model
+from ltx2trainer.jobs.models import JobRow, WorkerRow
+from ltx2trainer.jobs.workers import RECENT_S, identify_model, touch_worker
 from ltx2trainer.settings import Settings
 from ltx2trainer.storage import sign_path
 from ltx2trainer.wiring import Services
@@ -119,7 +119,8 @@ TINY = {"family": "ltx-2", "version": "2.0", "format": "preset", "source": "tiny
 def test_health_shows_the_configured_model_and_what_each_worker_serves(api: Api, tmp_path: Path):
     response = api.client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": TINY, "workers": []}  # no worker has started yet
+    assert response.json() == {"status": "ok", "model": TINY, "workers": [],  # no worker has started yet
+                               "queue": {"queued": 0, "running": 0, "consumers": 0, "stalled_jobs": []}}
 
     # two workers' maintenance threads, as `ltx2trainer worker` starts them: one serving tiny, one whose
     # configured model is not an LTX-2 checkpoint (it keeps serving; its jobs fail with model_error)
@@ -149,6 +150,21 @@ def test_health_shows_the_configured_model_and_what_each_worker_serves(api: Api,
     with api.services.db.session() as session:
         session.get(WorkerRow, "trainer@gpu-2").seen_at = utcnow() - dt.timedelta(seconds=RECENT_S + 1)
     assert [w["name"] for w in api.client.get("/health").json()["workers"]] == ["trainer@gpu-1"]
+
+
+def test_health_is_degraded_when_jobs_wait_for_no_worker_or_a_job_outlived_its_lease(api: Api):
+    queued = api.submit()
+    body = api.client.get("/health").json()
+    assert body["status"] == "degraded" and body["queue"]["queued"] == 1 and body["queue"]["consumers"] == 0
+    assert "no worker seen" in body["problems"][0]
+    touch_worker(api.services.db, "trainer@gpu-1", identify_model("tiny", None))
+    api.start(queued["id"])
+    assert api.client.get("/health").json()["status"] == "ok"  # a consumer, a job within its lease
+    with api.services.db.session() as session:  # its worker stops renewing the lease
+        session.get(JobRow, queued["id"]).lease_expires_at = utcnow() - dt.timedelta(seconds=1)
+    body = api.client.get("/health").json()
+    assert body["status"] == "degraded" and body["queue"]["stalled_jobs"] == [queued["id"]]
+    assert "past their lease" in body["problems"][0]
 
 
 def test_health_names_a_bad_configured_model_and_is_503_without_a_database(tmp_path: Path):

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.deps import ServicesDep, get_admin, get_principal
 from ltx2trainer.jobs.models import JobStatus
-from ltx2trainer.jobs.workers import identify_model, recent_workers
+from ltx2trainer.jobs.workers import RECENT_S, identify_model, recent_workers
 from ltx2trainer.wiring import Services
 
 router = APIRouter(tags=["operations"])
@@ -25,17 +25,32 @@ _configured_models: TTLCache[dict[str, Any] | str] = TTLCache(MODEL_CACHE_TTL_S,
 @router.get("/health", summary="Liveness, database reachability, and the base model each worker serves")
 def health(services: ServicesDep) -> dict[str, Any]:
     """`model`: the gateway's configured model (identity, or why it is unusable); `workers`: the workers seen
-    in the last minute with the model each actually serves (what jobs run on)."""
+    in the last minute with the model each actually serves (what jobs run on); `queue`: jobs waiting and
+    running, how many workers consume them, and running jobs past their lease (their worker stopped). The
+    status is "degraded", with the reasons in `problems`, when jobs wait or run and no worker is seen, or a job
+    is past its lease; the gateway itself still answers 200 (it is up: monitors alert on the status)."""
     try:
         with services.db.session() as session:
             session.execute(text("SELECT 1"))
         workers = recent_workers(services.db)
+        counts = services.store.counts_by_status()
+        stalled = services.store.expired_leases()
     except Exception as exc:  # noqa: BLE001 - report, don't crash
         raise HTTPException(503, detail=f"database unreachable: {type(exc).__name__}") from None
     settings = services.settings
     key = (settings.model, settings.text_encoder or None)
     model = _configured_models.get(key, lambda _key: identify_model(*key).public())
-    return {"status": "ok", "model": model, "workers": workers}
+    waiting, running = counts[JobStatus.QUEUED], counts[JobStatus.RUNNING]
+    problems = []
+    if (waiting or running) and not workers:
+        problems.append(f"{waiting} queued and {running} running jobs, and no worker seen in the last "
+                        f"{RECENT_S:g} s")
+    if stalled:
+        problems.append(f"{len(stalled)} running jobs past their lease: their worker stopped (they are requeued "
+                        "by the next worker's sweep)")
+    return {"status": "degraded" if problems else "ok", "model": model, "workers": workers,
+            "queue": {"queued": waiting, "running": running, "consumers": len(workers), "stalled_jobs": stalled},
+            **({"problems": problems} if problems else {})}
 
 
 @router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, training step rate")
