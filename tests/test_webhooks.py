@@ -276,12 +276,30 @@ def test_native_webhook_gets_started_and_succeeded_events(lifecycle, db, deliver
     events = {r.payload["type"]: r for r in receiver.on("/hook")}
     assert set(events) == {"training.started", "training.succeeded"}
     done = events["training.succeeded"].payload
-    assert set(done) == {"type", "timestamp", "data"}
+    assert set(done) == {"type", "timestamp", "sequence", "data"}
+    assert (events["training.started"].payload["sequence"], done["sequence"]) == (1, 2)
     assert dt.datetime.fromisoformat(done["timestamp"]) == clock.now
     assert done["data"] == {"id": job_id, "status": "succeeded", "output": LORA_OUTPUT, "error": None,
                             "usage": None, "metadata": {"project": "café"}}
     assert events["training.started"].payload["data"]["status"] == "running"
     assert len(events["training.succeeded"].body) < 20_000
+
+
+def test_events_delivered_out_of_order_after_an_outage_carry_their_order(lifecycle, db, deliverer, receiver, clock):
+    """The receiver is down when the job starts; by the time it is back the job has finished: the finish arrives
+    before the start (retries are independent), and `sequence` says which came first."""
+    receiver.script["/hook"] = [503]
+    job, _ = lifecycle.submit("owner-1", TRAINING_INPUT, webhook_url=receiver.url("/hook"))
+    lifecycle.start(job.id, "worker-1", lease_s=60, max_attempts=3)
+    assert deliverer.deliver_due() == 1  # training.started: 503, retried in 5 s
+    lifecycle.succeed(job.id, LORA_OUTPUT)
+    assert deliverer.deliver_due() == 1  # training.succeeded: delivered
+    clock.advance(6)
+    assert deliverer.deliver_due() == 1  # training.started, at last
+    arrived = [(r.payload["type"], r.payload["sequence"]) for r in receiver.on("/hook") if r.payload["type"]
+               and isinstance(r.payload, dict)]
+    assert arrived == [("training.started", 1), ("training.succeeded", 2), ("training.started", 1)]
+    assert [t for t, _ in sorted(arrived[1:], key=lambda item: item[1])] == ["training.started", "training.succeeded"]
 
 
 def test_native_webhook_failed_and_cancelled_events(lifecycle, db, receiver):

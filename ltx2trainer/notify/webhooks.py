@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -103,11 +103,15 @@ def fal_payload(job: JobRow) -> dict[str, Any]:
     return body
 
 
-def native_payload(job: JobRow, event_type: str, at: dt.datetime) -> dict[str, Any]:
-    """The native event: Standard Webhooks' recommended `{type, timestamp, data}`, thin (no input, no logs)."""
+def native_payload(job: JobRow, event_type: str, at: dt.datetime, sequence: int = 1) -> dict[str, Any]:
+    """The native event: Standard Webhooks' recommended `{type, timestamp, data}`, thin (no input, no logs).
+
+    `sequence` numbers one job's events from 1 in the order they happened: deliveries are retried
+    independently, so after a receiver's outage a later event can arrive first; receivers order by it."""
     return {
         "type": event_type,
         "timestamp": _iso(at),
+        "sequence": sequence,
         "data": {
             "id": job.id,
             "status": job.status,
@@ -141,7 +145,9 @@ def outbox_listener(settings: Settings, *, clock: Callable[[], dt.datetime] = ut
         now = clock()
         messages: list[tuple[str, str, dict[str, Any]]] = []
         if job.webhook_url and not (new_status == JobStatus.RUNNING and _started_already_sent(session, job)):
-            messages.append((FLAVOR_NATIVE, job.webhook_url, native_payload(job, event_type, now)))
+            sequence = 1 + (session.scalar(select(func.count()).where(
+                WebhookMessageRow.job_id == job.id, WebhookMessageRow.flavor == FLAVOR_NATIVE)) or 0)
+            messages.append((FLAVOR_NATIVE, job.webhook_url, native_payload(job, event_type, now, sequence)))
         if job.fal_webhook and new_status in JobStatus.TERMINAL:
             messages.append((FLAVOR_FAL, job.fal_webhook, fal_payload(job)))
         for flavor, url, body in messages:
