@@ -17,7 +17,7 @@ from rich.table import Table
 
 from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console, validate_input
 from ltx2trainer.cli_plan import plan_command
-from ltx2trainer.cli_service import keys_app, serve, submit, worker
+from ltx2trainer.cli_service import db_app, keys_app, serve, submit, worker
 from ltx2trainer.cli_training import sample, train
 from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.schemas import TrainingInput
@@ -31,6 +31,7 @@ app.command()(serve)
 app.command()(worker)
 app.command()(submit)
 app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
 
 FETCH_DIR = Path(".state") / "fetch"  # inside --out: the download and the extracted upload, kept for re-runs
 

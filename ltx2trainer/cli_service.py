@@ -20,6 +20,19 @@ from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, co
 from ltx2trainer.settings import get_settings
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (run on the server's machine).", no_args_is_help=True)
+db_app = typer.Typer(help="The job store's schema (LTX2T_DATABASE_URL).", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the current schema, keeping its rows (serve and worker also do this at start)."""
+    from ltx2trainer.jobs.db import Database
+    from ltx2trainer.jobs.migrate import current_revision, head_revision, upgrade
+
+    db = Database(get_settings().database_url)
+    before = current_revision(db)
+    after = upgrade(db)
+    console.print(f"schema at revision {after} (was {before or 'none'}; head {head_revision()})")
 
 
 def configure_json_logging(level: int = logging.INFO) -> None:

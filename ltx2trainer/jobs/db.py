@@ -69,11 +69,11 @@ class Database:
             session.close()
 
     def create_schema(self) -> None:
-        """Create every table that does not exist yet (all model modules are imported first)."""
-        import ltx2trainer.jobs.models  # noqa: F401 - registers the tables on Base
-        import ltx2trainer.notify.models  # noqa: F401
+        """Bring the schema up to date with the migrations (`jobs/migrate.py`): creates a new database, upgrades
+        an older one keeping its rows."""
+        from ltx2trainer.jobs.migrate import upgrade
 
-        Base.metadata.create_all(self.engine)
+        upgrade(self)
 
     @property
     def is_sqlite(self) -> bool:

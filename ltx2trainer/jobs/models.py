@@ -37,6 +37,7 @@ class JobRow(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_status_updated", "status", "updated_at"),  # the lost-job sweep (worker/app.py)
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
