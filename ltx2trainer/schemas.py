@@ -214,7 +214,14 @@ class TrainingInput(StrictModel):
     @field_validator("training_data_url")
     @classmethod
     def _training_data_url_ok(cls, value: str, info: ValidationInfo) -> str:
-        allow_file = bool((info.context or {}).get("allow_file_urls", False))
+        context = info.context or {}
+        if context.get("allow_uploads") and value.startswith("upload:"):  # the gateway's own reference
+            from ltx2trainer.uploads import parse_reference
+
+            if parse_reference(value) is None:
+                raise ValueError(f"training_data_url is a malformed upload reference: {value[:100]!r}")
+            return value
+        allow_file = bool(context.get("allow_file_urls", False))
         return _check_url(value, what="training_data_url", allow_data=True, allow_file=allow_file)
 
     @field_validator("webhook_url")

@@ -61,9 +61,12 @@ def test_a_job_runs_on_postgresql_redis_and_s3(tmp_path, postgres_url, redis_url
         assert downloaded.status_code == 200 and len(downloaded.content) == lora["file_size"]
         keys = [item["Key"] for item in boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
                 .list_objects_v2(Bucket="outputs", Prefix="ltx2/jobs/")["Contents"]]
-        assert all(f"/{job['id']}/" in key for key in keys)
-        assert sorted(key.rsplit("/", 1)[1] for key in keys) == ["config.json", "lora.safetensors",
-                                                                "lora_comfyui.safetensors"]
+        outputs = [key for key in keys if f"/{job['id']}/" in key]
+        uploads = [key for key in keys if "/uploads/" in key]  # the data: URL, stored once at submit
+        assert sorted(outputs + uploads) == sorted(keys) and len(uploads) == 1
+        assert uploads[0].rsplit("/", 1)[1] in job["input"]["training_data_url"]
+        assert sorted(key.rsplit("/", 1)[1] for key in outputs) == ["config.json", "lora.safetensors",
+                                                                   "lora_comfyui.safetensors"]
 
         # the worker said at start-up what it serves, and /health shows it under its Celery node name
         assert '"message": "serving ltx-2 2.0 (preset: tiny)"' in service.worker_log.read_text()

@@ -8,6 +8,7 @@ from typing import Any
 from ltx2trainer.jobs.models import JobRow
 from ltx2trainer.schemas import JobError, JobProgress, TrainingJob
 from ltx2trainer.storage import render_refs
+from ltx2trainer.uploads import displayed_input
 from ltx2trainer.wiring import Services
 
 OUTPUT_FILES = ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
@@ -30,7 +31,7 @@ def render_job(job: JobRow, services: Services, base_url: str, queue_position: i
         cancel_requested=job.cancel_requested_at is not None,
         progress=JobProgress(step=step, total_steps=total, loss=progress.get("loss"), eta_s=progress.get("eta_s"),
                              fraction=round(step / total, 4) if total else 0.0),
-        input=job.input,
+        input=displayed_input(job.input),  # URLs with credentials or signatures redacted
         adjustments=job.adjustments or [],
         output=render_output(job.output, services, base_url),
         error=JobError(**job.error) if job.error else None,

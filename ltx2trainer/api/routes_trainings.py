@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Resp
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
-from ltx2trainer import netguard
+from ltx2trainer import netguard, uploads
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
 from ltx2trainer.api.render import OUTPUT_FILES, estimated_cost, render_file, render_job
 from ltx2trainer.api.sse import job_event_stream
@@ -27,6 +27,7 @@ from ltx2trainer.jobs.store import InvalidCursor
 from ltx2trainer.notify.billing import check_budget, initial_usage
 from ltx2trainer.planning.service import gateway_plan, refusal_message
 from ltx2trainer.schemas import TrainingInput, TrainingJob
+from ltx2trainer.storage import owner_prefix
 
 log = logging.getLogger(__name__)
 MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit integers in both databases
@@ -58,6 +59,25 @@ def check_gpu_memory(training_input: TrainingInput, settings) -> None:
                                           "type": "insufficient_gpu_memory"}])
 
 
+def store_inline_data(services, owner: str, data_url: str) -> str:
+    """Put a `data:` URL's bytes in object storage (once per content) and return their short reference."""
+    try:
+        data, media_type = uploads.decode_data_url(data_url)
+    except UserInputError as exc:
+        raise HTTPException(422, detail=[{"loc": ["body", "training_data_url"], "msg": exc.message,
+                                          "type": exc.code}]) from None
+    limit = services.settings.download_max_bytes
+    if len(data) > limit:
+        raise HTTPException(413, detail=f"the training data is {len(data) / 2**20:.1f} MiB; the limit is "
+                                        f"{limit / 2**20:.1f} MiB")
+    reference = uploads.reference(data)
+    sha256, _ = uploads.parse_reference(reference)
+    key = uploads.storage_key(owner_prefix(owner), sha256)
+    if not services.storage.exists(key):
+        services.storage.put_bytes(key, data, media_type)
+    return reference
+
+
 def submit_training(services, principal, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
                     app_id: str | None = None, fal_webhook: str | None = None):
     """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
@@ -86,8 +106,12 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
             if refusal is not None:
                 raise HTTPException(402, detail=refusal.message)
 
+        stored_input = training_input.model_dump(mode="json")
+        if training_input.training_data_url.startswith("data:"):  # stored once as a file, referred to after
+            stored_input["training_data_url"] = store_inline_data(services, principal.owner,
+                                                                  training_input.training_data_url)
         job, replayed = services.lifecycle.submit(
-            principal.owner, training_input.model_dump(mode="json"),
+            principal.owner, stored_input,
             adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
             app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
             metadata=training_input.metadata, idempotency_key=idempotency_key, body_hash=body_hash,

@@ -26,6 +26,7 @@ from ltx2trainer.model.lora import (
     save_lora_original,
 )
 from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.uploads import displayed_input
 
 CONFIG_NAME = "config.json"
 LIBRARIES = ("ltx2trainer", "torch", "diffusers", "transformers", "peft", "accelerate", "av")
@@ -66,7 +67,7 @@ def export_lora(
             "target_modules": LORA_TARGET_MODULES,
             "files": {"diffusers": lora_file.name, "comfyui": comfyui_file.name},
         },
-        "training_input": training_input.model_dump(mode="json"),
+        "training_input": displayed_input(training_input.model_dump(mode="json")),
         "adjustments": [a.model_dump(mode="json") for a in training_input.adjustments],
         "library_versions": library_versions(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

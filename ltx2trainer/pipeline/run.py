@@ -18,7 +18,7 @@ import logging
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ltx2trainer.errors import JobCancelled, ModelError, UserInputError
 from ltx2trainer.model.identity import BaseModelInfo, describe_model  # torch-free
@@ -26,6 +26,7 @@ from ltx2trainer.pipeline.fetch import download, fetch_dataset, local_path
 from ltx2trainer.pipeline.preprocess import PrepareOptions, Progress, prepare_dataset
 from ltx2trainer.schemas import TrainingInput
 from ltx2trainer.settings import Settings
+from ltx2trainer.uploads import parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class JobContext(Protocol):
     def report_step(self, info: Any) -> None: ...  # a training StepInfo
     def cancelled(self) -> bool: ...
     def publish(self, name: str, path: Path, content_type: str, *, announce: bool = False) -> FileRef: ...
+    def open_upload(self, sha256: str) -> BinaryIO: ...  # inline data the gateway stored (uploads.py)
 
 
 def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
@@ -67,7 +69,10 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
 
     ctx.set_phase("fetching")
     ctx.log("fetching the training data")
-    fetched = fetch_dataset(training_input.training_data_url, work / "fetch", ctx.settings,
+    source, allow_local = training_input.training_data_url, None
+    if (upload := parse_reference(source)) is not None:  # inline data the gateway stored (uploads.py)
+        source, allow_local = str(_read_upload(ctx, work / "fetch", *upload)), True
+    fetched = fetch_dataset(source, work / "fetch", ctx.settings, allow_local=allow_local,
                             on_progress=lambda received, total: check())
     check()
 
@@ -158,6 +163,21 @@ def _memory_plan(ctx: JobContext, training_input: TrainingInput):
         ctx.log(f"adjusted {adjustment['field']}: {adjustment['requested']} -> {adjustment['used']} "
                 f"({adjustment['reason']})", "WARN")
     return memory_plan
+
+
+def _read_upload(ctx: JobContext, folder: Path, sha256: str, size: int) -> Path:
+    """Copy the stored upload next to the job's other fetched files (kept for a resumed attempt)."""
+    target = folder / f"upload-{sha256}.zip"
+    if target.exists() and target.stat().st_size == size:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with ctx.open_upload(sha256) as source, open(target, "wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+    except FileNotFoundError:
+        raise UserInputError("the uploaded training data is no longer stored; submit it again",
+                             code="not_found") from None
+    return target
 
 
 def _with_validation_adjusted(training_input: TrainingInput, memory_plan) -> TrainingInput:

@@ -23,6 +23,7 @@ from ltx2trainer.storage.base import (
     content_disposition,
     is_file_ref,
     job_prefix,
+    owner_prefix,
     render_refs,
 )
 from ltx2trainer.storage.local import LocalStorage, sign_path, verify_signed_path, verify_signed_query
@@ -39,6 +40,7 @@ __all__ = [
     "get_storage",
     "is_file_ref",
     "job_prefix",
+    "owner_prefix",
     "render_refs",
     "sign_path",
     "verify_signed_path",

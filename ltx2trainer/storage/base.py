@@ -82,6 +82,11 @@ def job_prefix(owner: str, job_id: str) -> str:
     return f"{JOBS_ROOT}/{slug}-{digest}/{job_id}/"
 
 
+def owner_prefix(owner: str) -> str:
+    """The prefix of everything an owner has stored (`job_prefix` without the job): ``jobs/{owner segment}/``."""
+    return job_prefix(owner, "x").removesuffix("x/")
+
+
 def content_disposition(file_name: str) -> str:
     """A Content-Disposition header value that downloads as `file_name` (RFC 6266, UTF-8 via RFC 5987).
 

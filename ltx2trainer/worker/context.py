@@ -30,6 +30,13 @@ class LeaseLost(Exception):
 
 
 class WorkerContext:
+    def open_upload(self, sha256: str):
+        """The owner's stored inline training data (`uploads.py`), for reading."""
+        from ltx2trainer.storage import owner_prefix
+        from ltx2trainer.uploads import storage_key
+
+        return self.storage.open(storage_key(owner_prefix(self.owner), sha256))
+
     def __init__(self, job: JobRow, lifecycle: Lifecycle, storage, settings: Settings, worker_id: str) -> None:
         self.job_id = job.id
         self.owner = job.owner

@@ -36,7 +36,8 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
     with context.heartbeat(), context.capture_logs():
         log.info("job %s started on %s (attempt %d)", job_id, worker_id, job.attempt)
         try:
-            training_input = TrainingInput.model_validate(job.input, context={"allow_file_urls": settings.allow_file_urls})
+            training_input = TrainingInput.model_validate(job.input, context={"allow_file_urls": settings.allow_file_urls,
+                                                                                "allow_uploads": True})
             output = run_job(context, training_input)
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; stopping here", job_id)
