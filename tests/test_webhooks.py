@@ -445,6 +445,24 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_attempts_time_limit(l
     assert first.status_code is None and "timed out" in first.error
 
 
+def test_a_slow_receiver_does_not_delay_another_tenants_webhooks(lifecycle, db, deliverer, receiver):
+    """Four events to a receiver that hangs past the timeout, one to another host: the other one is delivered
+    at once, while the slow host's messages wait on their own (at most two) delivery threads."""
+    receiver.script["/slow"] = ["hang"] * 4
+    for _ in range(2):  # started + succeeded each
+        run_job(lifecycle, webhook_url=receiver.url("/slow"))
+    fast_url = receiver.url("/fast").replace("127.0.0.1", "localhost")  # another host name, same server
+    run_job(lifecycle, "failed", webhook_url=fast_url)
+    began = time.monotonic()
+    assert deliverer.deliver_due(wait=False) == 6  # handed to the delivery threads, nothing awaited
+    assert time.monotonic() - began < TIMEOUT_S
+    while not receiver.on("/fast") or len(receiver.on("/fast")) < 2:
+        assert time.monotonic() - began < TIMEOUT_S * 2, "the fast receiver waited behind the slow one"
+        time.sleep(0.01)
+    deliverer.close()  # waits for the slow attempts (each cut off at the timeout)
+    assert len(receiver.on("/slow")) == 4
+
+
 def test_retry_after_seconds_larger_than_the_schedule_is_honoured(lifecycle, db, deliverer, receiver, clock):
     receiver.script["/hook"] = [(503, {"Retry-After": "120"})]
     run_job(lifecycle, fal_webhook=receiver.url("/hook"))

@@ -33,6 +33,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,9 @@ RETRY_SCHEDULE_S = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600
 RETRY_JITTER = 0.1
 RETRY_AFTER_STATUSES = frozenset({429, 502, 503, 504})  # answers whose Retry-After is honoured
 MAX_RETRY_AFTER_S = 24 * 3600  # a receiver cannot park a message longer than the schedule's longest wait
-CLAIM_LEASE_MARGIN_S = 5.0  # a claim outlives the attempt's timeout by this much
+CLAIM_LEASE_MARGIN_S = 5.0
+DELIVERY_THREADS = 8  # attempts at once, per deliverer
+DELIVERIES_PER_HOST = 2  # of which at most this many to one receiver host  # a claim outlives the attempt's timeout by this much
 
 
 # --- payloads -----------------------------------------------------------------------------------------
@@ -240,6 +243,8 @@ class WebhookDeliverer:
         resolve_addresses: bool = True,
         jitter: float = RETRY_JITTER,
         storage=None,
+        concurrency: int = DELIVERY_THREADS,
+        per_host: int = DELIVERIES_PER_HOST,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -259,8 +264,18 @@ class WebhookDeliverer:
         )
         self._rng = random.Random()
         self._storage = storage
+        # Attempts run on a pool, at most `per_host` at once to one receiver: one slow tenant's receiver holds
+        # a few threads for its timeout, never everyone's deliveries.
+        self.concurrency = max(1, concurrency)
+        self.per_host = max(1, per_host)
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook") \
+            if self.concurrency > 1 else None
+        self._busy: dict[str, int] = {}  # receiver host -> delivery threads working on it now
+        self._slots_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._owns_client:
             self._client.close()
 
@@ -276,31 +291,55 @@ class WebhookDeliverer:
         """Deliver until `stop` is set: at once again while there is a backlog, else every `interval_s`."""
         while not stop.is_set():
             try:
-                attempted = self.deliver_due(limit=limit)
+                attempted = self.deliver_due(limit=limit, wait=False)  # a slow receiver holds its own threads
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the background thread
                 log.exception("webhook delivery sweep failed")
                 attempted = 0
             if attempted < limit:
                 stop.wait(interval_s)
 
-    def deliver_due(self, limit: int = 50) -> int:
-        """Send every due pending message once (up to `limit`); returns how many were attempted."""
+    def deliver_due(self, limit: int = 50, *, wait: bool = True) -> int:
+        """Send every due pending message once (up to `limit`); returns how many were attempted (`wait`) or
+        handed to the delivery threads (not `wait`: the maintenance loop, which must not wait on a slow
+        receiver). Each receiver host gets at most `per_host` threads, each working through its share of that
+        host's messages in order; a host whose threads are all busy gets no new ones until one finishes."""
         now = self.clock()
         with self.db.session() as session:
             due = session.execute(
-                select(WebhookMessageRow.id, WebhookMessageRow.attempts)
+                select(WebhookMessageRow.id, WebhookMessageRow.attempts, WebhookMessageRow.url)
                 .where(WebhookMessageRow.status == WebhookStatus.PENDING, WebhookMessageRow.next_attempt_at <= now)
                 .order_by(WebhookMessageRow.next_attempt_at, WebhookMessageRow.created_at)
                 .limit(limit)
             ).all()
-        attempted = 0
-        for message_id, attempts in due:
-            claimed = self._claim(message_id, attempts)  # one at a time: a claim's lease covers one attempt
-            if claimed is None:
-                continue  # another deliverer took it
-            attempted += 1
-            self._attempt(claimed)
-        return attempted
+        if self._pool is None:
+            return sum(self._claim_and_attempt(message_id, attempts) for message_id, attempts, _url in due)
+        by_host: dict[str, list[tuple[str, int]]] = {}
+        for message_id, attempts, url in due:
+            by_host.setdefault(_host_of(url), []).append((message_id, attempts))
+        futures, handed = [], 0
+        with self._slots_lock:
+            for host, rows in by_host.items():
+                free = self.per_host - self._busy.get(host, 0)
+                for share in (rows[i::free] for i in range(min(free, len(rows)))):
+                    self._busy[host] = self._busy.get(host, 0) + 1
+                    futures.append(self._pool.submit(self._deliver_share, host, share))
+                    handed += len(share)
+        return sum(future.result() for future in futures) if wait else handed
+
+    def _deliver_share(self, host: str, rows: list[tuple[str, int]]) -> int:
+        try:
+            return sum(self._claim_and_attempt(message_id, attempts) for message_id, attempts in rows)
+        finally:
+            with self._slots_lock:
+                self._busy[host] -= 1
+
+    def _claim_and_attempt(self, message_id: str, attempts: int) -> int:
+        """1 if this deliverer made an attempt, 0 if another one had claimed the message."""
+        claimed = self._claim(message_id, attempts)  # a claim's lease covers one attempt
+        if claimed is None:
+            return 0
+        self._attempt(claimed)
+        return 1
 
     def _claim(self, message_id: str, attempts_read: int) -> _Claimed | None:
         """Take the message for one attempt: an atomic conditional UPDATE that only one deliverer can win."""
@@ -486,6 +525,13 @@ class WebhookDeliverer:
             log.info("webhook %s delivered on attempt %d", message.id, message.attempt)
         else:
             log.warning("webhook %s attempt %d failed (%s): %s", message.id, message.attempt, result, outcome.error)
+
+
+def _host_of(url: str) -> str:
+    try:
+        return (urllib.parse.urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def _check_literal_host(host: str) -> None:

@@ -67,12 +67,15 @@ class Maintenance(threading.Thread):
 
         services = Services(self.settings)
         deliverer = WebhookDeliverer(services.db, self.settings)
+        # Webhooks on their own thread (and its delivery pool): a slow receiver never delays the reaper.
+        delivery = threading.Thread(target=deliverer.run_forever, args=(self.stop_event, WEBHOOK_SWEEP_S),
+                                    name="ltx2trainer-webhooks", daemon=True)
+        delivery.start()
         ticks_per_reap = max(1, round(REAP_EVERY_S / WEBHOOK_SWEEP_S))
         tick = 0
         last_seen = self._announce(services)
         while not self.stop_event.wait(WEBHOOK_SWEEP_S):
             try:
-                deliverer.deliver_due()
                 tick += 1
                 if tick % ticks_per_reap == 0:
                     reap_dead_workers(services)
@@ -85,6 +88,8 @@ class Maintenance(threading.Thread):
                     last_seen = time.monotonic()
                 except Exception:  # noqa: BLE001 - retried on the next tick
                     log.exception("could not refresh this worker's entry in the workers table")
+        delivery.join(timeout=30)
+        deliverer.close()
 
     def _announce(self, services: Services) -> float:
         """Record this worker and its model at once (not after the first tick)."""
