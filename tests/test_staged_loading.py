@@ -47,12 +47,12 @@ def test_the_transformer_arrives_after_the_text_encoder_is_gone(models, kind, tm
     real_load = components_module.ModelComponents.load_transformer
     real_encode = validate_module.encode_prompt_texts
 
-    def watching_load(self, *args):
+    def watching_load(self, *args, **kwargs):
         gc.collect()
         seen["text_encoder_alive"] = seen["gemma"]() is not None
         seen["encoded_samples"] = sorted(p.name for p in (tmp_path / "work").rglob("samples/*.safetensors"))
         seen["loaded"] = True
-        return real_load(self, *args)
+        return real_load(self, *args, **kwargs)
 
     def watching_encode(components, texts):
         seen.setdefault("gemma", weakref.ref(components.text_encoder))
