@@ -23,14 +23,20 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.services.settings
 
 
-async def get_principal(request: Request) -> Principal:
-    """The caller, from the `Authorization` header: the database is asked only on an auth-cache miss."""
-    header = request.headers.get("authorization")
-    cache = request.app.state.auth_cache
+async def lookup_principal(app, header: str | None) -> Principal | None:
+    """The principal of an `Authorization` header value, or None: the database is asked only on an auth-cache
+    miss (also used by the body-limit middleware, before a route runs)."""
+    cache = app.state.auth_cache
     principal = cache.peek(header)
     if principal is None:
-        services: Services = request.app.state.services
+        services: Services = app.state.services
         principal = await run_in_threadpool(cache.get, header, lambda value: authenticate(services.db, value))
+    return principal
+
+
+async def get_principal(request: Request) -> Principal:
+    """The caller, from the (first) `Authorization` header."""
+    principal = await lookup_principal(request.app, request.headers.get("authorization"))
     if principal is None:
         raise HTTPException(
             status_code=401,

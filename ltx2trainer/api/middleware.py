@@ -115,7 +115,7 @@ class BoundedBody:
         if size is not None and size > self.limit:
             await _answer(send, 413, self._too_large(size))
             return
-        if (size is None or size > self.auth_first) and not await _authenticated(scope, headers):
+        if (size is None or size > self.auth_first) and not await _authenticated(scope):
             await _answer(send, 401, "missing or invalid API key: send 'Authorization: Key <key id>:<secret>' "
                                      "(or Bearer); large bodies are read only for a valid key")
             return
@@ -150,19 +150,12 @@ class BoundedBody:
                 "https URL as training_data_url instead of a data: URL")
 
 
-async def _authenticated(scope, headers: dict) -> bool:
-    from starlette.concurrency import run_in_threadpool
+async def _authenticated(scope) -> bool:
+    from ltx2trainer.api.deps import lookup_principal
 
-    from ltx2trainer.jobs.keys import authenticate
-
-    app = scope["app"]
-    header = headers.get(b"authorization", b"").decode("latin-1") or None
-    cache = app.state.auth_cache
-    principal = cache.peek(header)
-    if principal is None:
-        services = app.state.services
-        principal = await run_in_threadpool(cache.get, header, lambda value: authenticate(services.db, value))
-    return principal is not None
+    # The first Authorization header, as routes read it.
+    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+    return await lookup_principal(scope["app"], header.decode("latin-1") or None) is not None
 
 
 async def _answer(send, status: int, detail: str) -> None:
