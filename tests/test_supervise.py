@@ -60,8 +60,14 @@ def test_serve_with_worker_restarts_a_killed_worker(tmp_path):
                 time.sleep(0.2)
             raise AssertionError(f"not within {seconds} s")
 
+        def health_workers() -> list:
+            try:  # the gateway may not listen yet: the worker can start first
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["workers"]
+            except httpx.TransportError:
+                return []
+
         first = wait_for(workers, 60)[0]
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["workers"], 90)
+        wait_for(health_workers, 90)
         first.send_signal(signal.SIGKILL)  # the worker's main process, as the OOM killer would
         second = wait_for(lambda: [w for w in workers() if w.pid != first.pid], 15)[0]
         assert second.is_running()
