@@ -87,20 +87,61 @@ def check_peer(host: str, peer_address: str | None, *, allow_private: bool, what
         raise BlockedAddressError(what, host, str(address))
 
 
+class InvalidURL(ValueError):
+    """The URL does not parse: a port out of range or not a number, a broken IPv6 literal…"""
+
+
+class NotHttpURL(ValueError):
+    """The URL parses, but is not http(s) or names no host: nothing an outbound call may go to."""
+
+
+def http_target(url: str) -> tuple[str, int]:
+    """(host, port) that an http(s) URL calls, the port defaulting by scheme. The one reading of a user's URL
+    that every outbound call (downloads and their redirects, webhooks) and the submit-time check share, so they
+    agree on where a URL goes; each caller words its own error. Raises `InvalidURL` or `NotHttpURL`."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError for ports out of range or not numbers
+    except ValueError as exc:
+        raise InvalidURL(str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise NotHttpURL("only http(s) URLs with a host are called")
+    return parts.hostname, port or (443 if scheme == "https" else 80)
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host written as an IP literal names (`[::1]`, `fe80::1%eth0`), or None for a host name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
+def check_literal_host(host: str, *, what: str = "the URL") -> None:
+    """The address check without DNS: a literal IP address must be public, and `localhost` never is; a host
+    name passes (for callers behind an egress proxy that checks names itself)."""
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        raise BlockedAddressError(what, host, "loopback")
+    address = literal_address(host)
+    if address is not None and not is_public_address(address):
+        raise BlockedAddressError(what, host, str(address))
+
+
 def check_url_at_submit(url: str, *, allow_private: bool, what: str) -> None:
     """Refuse now a URL the service would refuse when it calls it: an address literal or a name that resolves
     to a non-public address. A name that does not resolve yet is let through (DNS can be late; the call
-    checks again and reports)."""
+    checks again and reports), and so is a URL that names no http(s) host (the schema refuses it)."""
     if allow_private:
         return
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname
-    if not host:
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        addresses = [ipaddress.ip_address(host)]
+        host, port = http_target(url)
     except ValueError:
+        return
+    literal = literal_address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
         try:
             addresses = resolve_host(host, port)
         except UserInputError:

@@ -383,6 +383,39 @@ def test_malformed_data_url_is_refused_with_a_clear_error(
     assert everything_under(tmp_path / "work") == []
 
 
+@pytest.mark.parametrize("payload", [
+    "UEsF BgAA",  # whitespace inside the base64
+    "@@@" + base64.b64encode(DATASET_ZIP).decode(),  # characters outside the alphabet, skipped by lenient decoders
+    base64.b64encode(DATASET_ZIP).decode().rstrip("="),  # padding cut off
+])
+def test_data_url_base64_is_decoded_strictly_as_at_submit(tmp_path: Path, settings: Settings, payload: str) -> None:
+    # the fetch step and the gateway share one decoder: what one refuses, the other does too
+    from ltx2trainer.uploads import decode_data_url
+
+    url = "data:application/zip;base64," + payload
+    with pytest.raises(UserInputError) as at_submit:
+        decode_data_url(url)
+    with pytest.raises(UserInputError) as caught:
+        fetch_dataset(url, tmp_path / "work", settings)
+
+    assert caught.value.code == at_submit.value.code == "bad_url"
+    assert caught.value.message == at_submit.value.message
+    assert caught.value.message.startswith("training_data_url is a malformed data: URL (")
+    assert everything_under(tmp_path / "work") == []
+
+
+def test_the_cli_names_a_malformed_data_url_without_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = "data:application/zip;base64,@@@" + base64.b64encode(DATASET_ZIP).decode()
+    run = subprocess.run([sys.executable, "-m", "ltx2trainer.cli", "prepare", url, "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert run.returncode == 1
+    assert "bad_url" in run.stderr and "malformed data: URL" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_data_url_larger_than_the_limit_is_refused(tmp_path: Path, settings: Settings) -> None:
     url = "data:application/zip;base64," + base64.b64encode(bytes(MIB + 10)).decode()
 

@@ -80,3 +80,47 @@ def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_never_reach
         fetch_dataset(f"http://rebind.test:{port}/data.zip", tmp_path / "work", settings)
 
     assert http_server.hits == {}  # the private address was never connected to
+
+
+# --- one reading of a URL for every outbound call ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("https://Example.COM/a.zip", ("example.com", 443)),
+    ("HTTP://example.com/a.zip", ("example.com", 80)),
+    ("http://[::1]:8080/hook", ("::1", 8080)),
+    ("http://user:pass@10.0.0.1:9000/x", ("10.0.0.1", 9000)),
+])
+def test_downloads_webhooks_and_the_submit_check_read_a_urls_host_and_port_alike(url: str, target) -> None:
+    assert netguard.http_target(url) == target
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    ("http://127.0.0.1:99999/x", netguard.InvalidURL),
+    ("http://[::1/x", netguard.InvalidURL),
+    ("ftp://example.com/x", netguard.NotHttpURL),
+    ("https:///no-host", netguard.NotHttpURL),
+    ("data:application/zip;base64,UEs=", netguard.NotHttpURL),
+])
+def test_a_url_no_call_may_go_to_is_named_as_invalid_or_not_http(url: str, error: type[ValueError]) -> None:
+    with pytest.raises(error):
+        netguard.http_target(url)
+
+
+@pytest.mark.parametrize(("host", "blocked"), [
+    ("localhost", True), ("api.localhost", True), ("127.0.0.1", True), ("[::1]", True), ("fe80::1%eth0", True),
+    ("169.254.169.254", True), ("93.184.216.34", False), ("example.com", False),
+])
+def test_the_check_without_dns_judges_literal_addresses_and_localhost(host: str, blocked: bool) -> None:
+    if blocked:
+        with pytest.raises(netguard.BlockedAddressError):
+            netguard.check_literal_host(host, what="the webhook URL")
+    else:
+        netguard.check_literal_host(host, what="the webhook URL")
+
+
+def test_the_submit_check_refuses_literal_private_addresses_and_lets_unusable_urls_through_to_the_schema() -> None:
+    with pytest.raises(netguard.BlockedAddressError):
+        netguard.check_url_at_submit("http://10.1.2.3:8080/hook", allow_private=False, what="webhook_url")
+    netguard.check_url_at_submit("http://10.1.2.3:99999/hook", allow_private=False, what="webhook_url")
+    netguard.check_url_at_submit("http://10.1.2.3/hook", allow_private=True, what="webhook_url")

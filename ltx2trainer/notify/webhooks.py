@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import ipaddress
 import json
 import logging
 import random
@@ -469,22 +468,18 @@ class WebhookDeliverer:
     def _check_url(self, url: str) -> str:
         """The URL's host, after the SSRF guard; `_PermanentFailure` if it must never be sent to."""
         try:
-            parts = urllib.parse.urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
+            host, port = netguard.http_target(url)
+        except netguard.InvalidURL as exc:
             raise _PermanentFailure(f"unusable URL: {exc}") from exc
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise _PermanentFailure(f"unusable URL: only http(s) URLs with a host are called ({url[:200]})")
-        host = parts.hostname
-        port = port or (443 if scheme == "https" else 80)
+        except netguard.NotHttpURL as exc:
+            raise _PermanentFailure(f"unusable URL: {exc} ({url[:200]})") from exc
         if self.settings.allow_private_urls:
             return host
         try:
             if self.resolve_addresses:
                 netguard.check_host(host, port, allow_private=False, what="the webhook URL")
             else:
-                _check_literal_host(host)
+                netguard.check_literal_host(host, what="the webhook URL")
         except netguard.BlockedAddressError as exc:
             raise _PermanentFailure(f"blocked: {exc.message}") from exc
         return host
@@ -532,15 +527,3 @@ def _host_of(url: str) -> str:
         return (urllib.parse.urlsplit(url).hostname or "").lower()
     except ValueError:
         return ""
-
-
-def _check_literal_host(host: str) -> None:
-    """The SSRF check without DNS: a literal IP address must be public; `localhost` never is."""
-    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
-        raise netguard.BlockedAddressError("the webhook URL", host, "loopback")
-    try:
-        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
-    except ValueError:
-        return  # a host name: resolved (and, behind an egress proxy, checked) at connect time
-    if not netguard.is_public_address(address):
-        raise netguard.BlockedAddressError("the webhook URL", host, str(address))

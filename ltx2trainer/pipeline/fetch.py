@@ -22,6 +22,7 @@ from ltx2trainer.errors import UserInputError
 from ltx2trainer.guarded_http import Deadline, DeadlineExceeded, guarded_client
 from ltx2trainer.pipeline.extract import ExtractLimits, IgnoredEntry, extract_archive
 from ltx2trainer.settings import Settings
+from ltx2trainer.uploads import decode_data_url
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "ltx2trainer/0.1 (+dataset fetch)"
@@ -57,8 +58,8 @@ def fetch_dataset(
     if local is not None:
         if not allow_local:
             raise UserInputError("local paths are not accepted as training data on this service", code="bad_url")
-        if not local.exists():
-            raise UserInputError(f"training data not found: {local}", code="not_found")
+        if not local.exists():  # named as the user wrote it (not expanded: "~" is the server's home)
+            raise UserInputError(f"training data not found: {source}", code="not_found")
         if local.is_dir():
             return FetchResult(root=local)
         archive = local
@@ -93,11 +94,8 @@ def local_path(source: str) -> Path | None:
 
 
 def _save_data_url(source: str, dest: Path, max_bytes: int) -> Path:
-    try:
-        with urllib.request.urlopen(source) as response:  # noqa: S310 - only data: reaches here
-            payload = response.read(max_bytes + 1)
-    except (ValueError, OSError) as exc:
-        raise UserInputError(f"training_data_url is a malformed data: URL ({exc})", code="bad_url") from exc
+    # The gateway's decoder (strict base64), so a data: URL means the same here, in the CLI and at submit.
+    payload, _media_type = decode_data_url(source)
     if len(payload) > max_bytes:
         raise UserInputError(_too_large_message(len(payload), max_bytes), code="too_large")
     _write_atomically(dest, [payload])
@@ -169,15 +167,13 @@ def _http_target(url: str, *, redirected: bool) -> tuple[str, int]:
     is as untrusted as the URL submitted)."""
     what = f"download redirected to {url[:200]}" if redirected else f"training_data_url {url[:200]}"
     try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port  # ValueError for ports out of range or not numbers
         httpx.URL(url)  # what the client will parse
-    except (ValueError, httpx.InvalidURL) as exc:
+        return netguard.http_target(url)
+    except (netguard.InvalidURL, httpx.InvalidURL) as exc:
         raise UserInputError(f"{what}: an invalid URL ({exc})", code="bad_url") from exc
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    except netguard.NotHttpURL as exc:
         raise UserInputError(f"download redirected to an unsupported URL: {url[:200]}" if redirected else
-                             f"{what}: not an http(s) URL", code="bad_url")
-    return parts.hostname, port or (443 if parts.scheme.lower() == "https" else 80)
+                             f"{what}: not an http(s) URL", code="bad_url") from exc
 
 
 def _save_response(
