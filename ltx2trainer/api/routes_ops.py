@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -16,10 +17,12 @@ from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.workers import RECENT_S, identify_model, recent_workers
 from ltx2trainer.wiring import Services
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
 
 MODEL_CACHE_TTL_S = 30.0  # an official file's header is read and hashed at most this often
 _configured_models: TTLCache[dict[str, Any] | str] = TTLCache(MODEL_CACHE_TTL_S, max_entries=16)
+_logged_model_errors: set[str] = set()
 
 
 @router.get("/health", summary="Liveness, database reachability, and the base model each worker serves")
@@ -39,7 +42,7 @@ def health(services: ServicesDep) -> dict[str, Any]:
         raise HTTPException(503, detail=f"database unreachable: {type(exc).__name__}") from None
     settings = services.settings
     key = (settings.model, settings.text_encoder or None)
-    model = _configured_models.get(key, lambda _key: identify_model(*key).public())
+    model = _configured_models.get(key, _configured_model)
     waiting, running = counts[JobStatus.QUEUED], counts[JobStatus.RUNNING]
     problems = []
     if (waiting or running) and not workers:
@@ -51,6 +54,16 @@ def health(services: ServicesDep) -> dict[str, Any]:
     return {"status": "degraded" if problems else "ok", "model": model, "workers": workers,
             "queue": {"queued": waiting, "running": running, "consumers": len(workers), "stalled_jobs": stalled},
             **({"problems": problems} if problems else {})}
+
+
+def _configured_model(key: tuple[str, str | None]) -> dict[str, Any] | str:
+    """The configured model as /health shows it: its identity, or why it is unusable without the configured
+    paths (`<model>`, `<text_encoder>`). The reason with the paths goes to the gateway's log, once."""
+    served = identify_model(*key)
+    if served.detail is not None and served.detail not in _logged_model_errors:
+        _logged_model_errors.add(served.detail)
+        log.warning("the configured model cannot be used: %s (LTX2T_MODEL=%r)", served.detail, key[0])
+    return served.public()
 
 
 @router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, training step rate")

@@ -8,7 +8,7 @@ gateway lists the workers seen within `RECENT_S`; a worker that stopped simply a
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -22,10 +22,15 @@ RECENT_S = 60.0  # /health lists workers seen within this long
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What a worker serves: the model's identity (`BaseModelInfo.as_dict()`), or why it cannot serve it."""
+    """What a worker serves: the model's identity (`BaseModelInfo.as_dict()`), or why it cannot serve it.
+
+    `error` is what /health shows (and the workers table stores): the reason with the configured model's and
+    text encoder's paths as `<model>` and `<text_encoder>`. `detail` is the same reason with the paths, for the
+    operator's log; it is never stored or shown."""
 
     info: dict[str, Any] | None
     error: str | None = None
+    detail: str | None = field(default=None, compare=False)
 
     def public(self) -> dict[str, Any] | str:
         """As /health shows it: the identity, or the error message."""
@@ -36,13 +41,15 @@ def identify_model(model: str, text_encoder: str | None) -> ServedModel:
     """The configured model's identity, or the `ModelError` message when it cannot be used (never raises)."""
     from ltx2trainer.errors import ModelError
     from ltx2trainer.model.identity import describe_model  # torch-free
+    from ltx2trainer.server_paths import model_paths
 
     try:
         return ServedModel(describe_model(model, text_encoder).as_dict())
     except ModelError as exc:
-        return ServedModel(None, exc.message)
+        reason = exc.message
     except Exception as exc:  # noqa: BLE001 - e.g. an unreadable file: report it, never crash /health
-        return ServedModel(None, f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+    return ServedModel(None, model_paths(model, text_encoder).hide(reason), reason)
 
 
 def record_worker(db: Database, name: str, served: ServedModel) -> None:

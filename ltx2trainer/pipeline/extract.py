@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltx2trainer.errors import UserInputError
+from ltx2trainer.server_paths import error_reason
 from ltx2trainer.settings import Settings
 
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -118,7 +119,8 @@ class _Extractor:
             archive = zipfile.ZipFile(source)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise InvalidArchiveError(
-                f"{label} is not a readable zip archive (it may be truncated, corrupt or another format): {exc}"
+                f"{label} is not a readable zip archive (it may be truncated, corrupt or another format): "
+                f"{error_reason(exc)}"
             ) from exc
         with archive:
             plan = self._plan(archive, label)

@@ -236,7 +236,7 @@ def _fetch_validation_images(ctx: JobContext, training_input: TrainingInput) -> 
         local = local_path(url)
         if local is not None:  # only accepted by the schema where settings allow local files
             if not local.is_file():
-                raise UserInputError(f"validation[{i}].image_url: file not found: {local}", code="not_found")
+                raise UserInputError(f"validation[{i}].image_url: file not found: {url}", code="not_found")
             shutil.copyfile(local, target)
         elif not target.exists():
             try:

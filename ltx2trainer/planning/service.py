@@ -13,6 +13,7 @@ from ltx2trainer.errors import ModelError
 from ltx2trainer.planning import GIB, MemoryPlan, model_dims, plan_request
 from ltx2trainer.planning.dims import ModelDims
 from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.server_paths import service_paths
 from ltx2trainer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,15 @@ def plan_for(training_input: TrainingInput, settings: Settings, *, gpu_memory_gb
 
 
 def gateway_plan(training_input: TrainingInput, settings: Settings) -> tuple[MemoryPlan | None, str | None]:
-    """(plan, None), or (None, why there is none) when the gateway cannot size the model."""
+    """(plan, None), or (None, why there is none) when the gateway cannot size the model. The reason goes to
+    users (an estimate's `memory_error`): the configured paths in it are placeholders; the log has them."""
     try:
         return plan_for(training_input, settings), None
     except ModelError as exc:
         if exc.message not in _WARNED:  # once per reason, not on every request
             _WARNED.add(exc.message)
             log.warning("no memory plan (set LTX2T_PLAN_MODEL to a preset to size requests here): %s", exc.message)
-        return None, exc.message
+        return None, service_paths(settings).hide(exc.message)
 
 
 def refusal_message(memory_plan: MemoryPlan) -> str:

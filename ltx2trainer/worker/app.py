@@ -141,7 +141,7 @@ def announce_model(settings: Settings) -> ServedModel:
         log.info("serving %s", BaseModelInfo(**served.info).label())
     else:
         log.error("the configured model cannot be used: %s (LTX2T_MODEL=%r); every job will fail with "
-                  "model_error until it is fixed", served.error, settings.model)
+                  "model_error until it is fixed", served.detail or served.error, settings.model)
     return served
 
 

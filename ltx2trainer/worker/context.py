@@ -18,11 +18,14 @@ from typing import Any
 
 from ltx2trainer.jobs.lifecycle import Lifecycle
 from ltx2trainer.jobs.models import JobRow
+from ltx2trainer.server_paths import job_paths
 from ltx2trainer.settings import Settings
 
 PROGRESS_INTERVAL_S = 0.5
 CANCEL_CHECK_S = 0.25
 LOGGED_PACKAGES = ("ltx2trainer",)
+# `log.error(..., extra={JOB_LOG: False})` keeps a record out of the job's logs: the worker's log still has it.
+JOB_LOG = "job_log"
 
 
 class LeaseLost(Exception):
@@ -46,6 +49,8 @@ class WorkerContext:
         self.worker_id = worker_id
         self.work_dir: Path = settings.data_dir / "jobs" / job.id
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # The job's logs and error are the user's to read: the server's folders in them become placeholders.
+        self.paths = job_paths(settings, self.work_dir)
         self.partial_output: dict[str, Any] | None = None
         self._lease_lost = threading.Event()
         self._last_progress = 0.0
@@ -62,7 +67,7 @@ class WorkerContext:
             self.lifecycle.set_phase(self.job_id, phase)
 
     def log(self, message: str, level: str = "INFO") -> None:
-        self.lifecycle.log(self.job_id, message, level)
+        self.lifecycle.log(self.job_id, self.paths.hide(message), level)
 
     def report_step(self, info: Any) -> None:
         """After every training step: meter it, and every PROGRESS_INTERVAL_S write usage and progress."""
@@ -156,6 +161,8 @@ class _JobLogHandler(logging.Handler):
         self.context = context
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(record, JOB_LOG, True):  # for the operator only (a crash's traceback)
+            return
         try:
             self.context.log(record.getMessage(), self.LEVELS.get(record.levelno, "INFO"))
         except Exception:  # noqa: BLE001 - logging must never break the job

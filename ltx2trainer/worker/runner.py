@@ -4,6 +4,7 @@ Whose fault was it: a `UserInputError` fails the job with its message (no retry,
 `JobCancelled` ends it cancelled with the last checkpoint as its output; an `InfraError` (storage down…)
 puts it back in the queue while attempts remain; anything else is a platform fault that fails the job
 with `internal_error`. A job this worker no longer holds (its lease went to another worker) is left alone.
+The job's error, like its logs, is shown with the server's folders as placeholders (`server_paths.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ltx2trainer.errors import InfraError, JobCancelled, UserInputError
 from ltx2trainer.schemas import TrainingInput
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
-from ltx2trainer.worker.context import LeaseLost, WorkerContext
+from ltx2trainer.worker.context import JOB_LOG, LeaseLost, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,18 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
             lifecycle.cancel(job_id, output=context.partial_output)
             outcome = "cancelled"
         except UserInputError as exc:
-            lifecycle.fail(job_id, exc.code, exc.message)
+            lifecycle.fail(job_id, exc.code, context.paths.hide(exc.message))
             outcome = "failed"
         except InfraError as exc:
             log.error("job %s: platform error, will retry: %s", job_id, exc)
-            if lifecycle.requeue(job_id, f"platform error, retrying: {exc}"):
+            if lifecycle.requeue(job_id, context.paths.hide(f"platform error, retrying: {exc}")):
                 services.queue.enqueue(job_id)
             return "requeued"
         except Exception as exc:  # noqa: BLE001 - a bug or an unexpected fault: fail loudly, never bill
-            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-            lifecycle.fail(job_id, "internal_error", f"the worker failed: {type(exc).__name__}: {exc}")
+            # The traceback (the server's code and data paths) is for the operator's log, not the job's.
+            log.error("job %s crashed:\n%s", job_id, traceback.format_exc(), extra={JOB_LOG: False})
+            lifecycle.fail(job_id, "internal_error",
+                           context.paths.hide(f"the worker failed: {type(exc).__name__}: {exc}"))
             outcome = "failed"
         else:
             context.flush_usage()

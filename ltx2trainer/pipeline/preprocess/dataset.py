@@ -43,6 +43,7 @@ from ltx2trainer.pipeline.preprocess.media import (
     caption_key,
     discover,
     probe_media,
+    short_error,
 )
 from ltx2trainer.pipeline.preprocess.parallel import (
     CancelCheck,
@@ -164,7 +165,8 @@ def _prepare(
         if isinstance(outcome, ClipTooShort):
             report.skip(window.info.rel, window.scene, "too_short", str(outcome))
         elif isinstance(outcome, (av.FFmpegError, OSError, ValueError)):
-            report.skip(window.info.rel, window.scene, "unreadable", f"failed while decoding: {outcome}")
+            report.skip(window.info.rel, window.scene, "unreadable",
+                        f"failed while decoding: {short_error(outcome)}")
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
@@ -265,7 +267,8 @@ def _detect_long_video_scenes(
     for (_, cache, rel), outcome in run_parallel(executor, _detect, to_detect, "detecting scenes",
                                                  lambda item: item[2], on_progress, cancel):
         if isinstance(outcome, BaseException):
-            report.warnings.append({"source": rel, "message": f"scene detection failed; video kept whole: {outcome}"})
+            report.warnings.append({"source": rel,
+                                    "message": f"scene detection failed; video kept whole: {short_error(outcome)}"})
             continue
         write_json_atomically(cache, outcome)
         scenes[rel] = outcome

@@ -15,6 +15,7 @@ from typing import Literal
 import av
 
 from ltx2trainer.pipeline.extract import JUNK_NAMES, IgnoredEntry
+from ltx2trainer.server_paths import error_reason
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
@@ -110,7 +111,7 @@ def probe_media(root: Path, rel: str) -> MediaInfo:
     except UnreadableMedia:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration, IndexError) as exc:
-        raise UnreadableMedia(f"cannot be decoded: {_short_error(exc)}") from exc
+        raise UnreadableMedia(f"cannot be decoded: {short_error(exc)}") from exc
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame:
@@ -133,6 +134,8 @@ def _duration_s(container: av.container.InputContainer, stream: av.video.stream.
     return None
 
 
-def _short_error(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
+def short_error(exc: BaseException) -> str:
+    """Why decoding a file failed, for the report: the reason without the absolute path FFmpeg appends (the
+    report names the file by its place in the dataset; the path is the server's), cut to 200 characters."""
+    text = error_reason(exc)
     return text if len(text) <= 200 else text[:197] + "..."
