@@ -68,3 +68,39 @@ def test_queued_jobs_lost_by_the_broker_are_published_again_once(tmp_path, datab
     for job_id in queued + [running]:  # a worker takes each message: each job starts once
         assert services.lifecycle.start(job_id, "worker-2", lease_s=60, max_attempts=3) is not None
         assert services.lifecycle.start(job_id, "worker-3", lease_s=60, max_attempts=3) is None  # a duplicate
+
+
+def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_published_once_it_answers(
+        tmp_path, database_url, redis_url):
+    from fastapi.testclient import TestClient
+
+    from ltx2trainer.api import create_app
+    from ltx2trainer.jobs.keys import create_key
+    from tests.live_service import free_port
+
+    down = Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    broker_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    gateway = Services(down)
+    token = create_key(gateway.db, "alice").token
+    with TestClient(create_app(down, services=gateway)) as client:
+        response = client.post("/v1/trainings", json=INPUT, headers={"Authorization": f"Key {token}"})
+    assert response.status_code == 201, response.text  # not a 5xx: the job is safe in the database
+    job = response.json()
+    assert job["status"] == "queued" and job["error"] is None
+
+    # A worker's sweeper, on the broker that answers again, publishes it (once it is old enough).
+    worker = Services(Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=redis_url))
+    assert sweep_lost_jobs(worker) == []  # too young: it may still be on its way to the broker
+    age(worker)
+    assert sweep_lost_jobs(worker) == [job["id"]]
+    assert worker.queue.pending_job_ids() == {job["id"]}
+
+
+def test_the_sweeper_waits_quietly_while_the_broker_is_down(tmp_path, caplog):
+    from tests.live_service import free_port
+
+    services = Services(Settings(data_dir=tmp_path / "data", broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    services.lifecycle.submit("alice", INPUT)
+    age(services)
+    assert sweep_lost_jobs(services) == []  # no exception out of the maintenance tick
+    assert "cannot read the job queue" in caplog.text

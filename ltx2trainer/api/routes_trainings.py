@@ -123,10 +123,11 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
     if not replayed:
         try:
             services.queue.enqueue(job.id)
-        except Exception as exc:  # noqa: BLE001 - the broker is down: say so, and do not leave a ghost job
-            log.exception("could not enqueue job %s", job.id)
-            services.lifecycle.fail(job.id, "runner_scheduling_failure", f"the job queue is unavailable: {exc}")
-            raise HTTPException(503, detail="the job queue is unavailable; try again shortly") from None
+        except Exception as exc:  # noqa: BLE001 - the broker is down: the job is safe in the database, queued
+            # The workers' sweeper publishes a queued job the broker does not hold once it answers again
+            # (worker/app.sweep_lost_jobs), so the caller gets its job rather than a 5xx to retry blindly.
+            log.warning("could not publish job %s now (%s: %s); the sweeper will once the broker answers",
+                        job.id, type(exc).__name__, exc)
     return job, replayed
 
 

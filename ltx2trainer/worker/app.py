@@ -117,7 +117,12 @@ def sweep_lost_jobs(services: Services, *, grace_s: float = LOST_AFTER_S) -> lis
     """Publish again the queued jobs whose broker message is gone (a Redis restart without persistence, a
     message dropped when its claim failed). Idempotent: one sweeper wins each job (`Lifecycle.republish`), and a
     duplicate message is harmless, since a job is claimed under a lease and never runs twice at once."""
-    pending = services.queue.pending_job_ids()
+    try:
+        pending = services.queue.pending_job_ids()
+    except Exception as exc:  # noqa: BLE001 - the broker is down: nothing to compare with until it answers
+        log.warning("cannot read the job queue to look for lost jobs (%s: %s); trying again on the next tick",
+                    type(exc).__name__, exc)
+        return []
     if pending is None:  # a broker that cannot be asked: nothing to compare with
         return []
     cutoff = utcnow() - dt.timedelta(seconds=grace_s)  # younger jobs may still be on their way to the broker
