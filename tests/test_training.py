@@ -181,6 +181,21 @@ def test_checkpoints_are_kept_every_k_steps_newest_two(encoded, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000006", "step_000009"]
 
 
+def test_the_step_hook_hears_of_a_checkpoint_before_it_is_saved(encoded, tmp_path):
+    seen = []
+
+    def on_step(info):  # what the worker bills must be recorded before a resume could start after this step
+        seen.append((info.step, info.checkpoint_after, (tmp_path / f"step_{info.step:06d}").exists()))
+
+    train_lora(load_model("tiny"), TrainingData.load(encoded),
+               TrainConfig(number_of_steps=7, rank=8, checkpoint_every=3), tmp_path, sample_ids=ids(encoded),
+               on_step=on_step)
+    assert [(step, after) for step, after, _ in seen] == [
+        (1, False), (2, False), (3, True), (4, False), (5, False), (6, True), (7, False)]
+    assert not any(exists for _, _, exists in seen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000006"]
+
+
 def test_a_checkpoint_of_other_settings_is_not_resumed(encoded, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_lora(load_model("tiny"), TrainingData.load(encoded), TrainConfig(number_of_steps=10, rank=8),

@@ -197,6 +197,26 @@ def test_a_running_job_stops_within_a_step_of_cancel_and_keeps_its_last_checkpoi
     assert services.storage.size(job.output["lora_file"]["key"]) > 0  # the LoRA of the last step
 
 
+def test_a_step_is_in_the_usage_ledger_before_its_checkpoint_is_saved(services, dataset_url):
+    # Found by bench/chaos.py: a task process killed between a checkpoint and the next usage flush left the
+    # steps since the last flush trained and never billed (the resume starts after the checkpoint).
+    from ltx2trainer.training.trainer import StepInfo
+    from ltx2trainer.worker.context import WorkerContext
+
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    job = services.lifecycle.start(job_id, "worker-1", lease_s=60, max_attempts=3)
+    context = WorkerContext(job, services.lifecycle, services.storage, services.settings, "worker-1")
+
+    def report(step: int, *, checkpoint_after: bool = False) -> list[int]:
+        context.report_step(StepInfo(step, 100, 1.0, 1.0, 0.0, 1e-3, 0.01 * step, checkpoint_after))
+        with services.db.session() as session:
+            return sorted(session.scalars(select(UsageRecordRow.step).where(UsageRecordRow.job_id == job_id)))
+
+    assert report(1) == [1]  # the first step is written at once
+    assert report(2) == [1]  # later ones every half second…
+    assert report(3, checkpoint_after=True) == [1, 2, 3]  # …but all of them before a checkpoint
+
+
 def test_a_job_cancelled_while_queued_never_starts(services, dataset_url):
     job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
     services.lifecycle.request_cancel(job_id, "alice")

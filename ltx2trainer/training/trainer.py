@@ -134,6 +134,9 @@ class StepInfo:
     audio_loss: float
     lr: float
     elapsed_s: float
+    # A checkpoint of this step is saved right after the hook returns. A run that resumes from it never redoes
+    # this step, so whatever the hook must have recorded of it (the usage ledger) it records now.
+    checkpoint_after: bool = False
 
 
 @dataclass
@@ -273,8 +276,10 @@ def train_lora(
         # through this one; reading the losses is the step's one synchronisation.
         upcoming = inputs(step + 1) if step < config.number_of_steps else None
         loss_value, video_value, audio_value = losses.tolist()
+        saves_checkpoint = bool(config.checkpoint_every) and step % config.checkpoint_every == 0 \
+            and step < config.number_of_steps
         info = StepInfo(step, config.number_of_steps, loss_value, video_value, audio_value,
-                        schedule.get_last_lr()[0], time.perf_counter() - started)
+                        schedule.get_last_lr()[0], time.perf_counter() - started, checkpoint_after=saves_checkpoint)
         result.losses.append(info.loss)
         result.steps_done = step
         if on_step is not None:
@@ -283,7 +288,7 @@ def train_lora(
             except BaseException:
                 checkpoint(step)  # stopped from outside: keep what was learned so far
                 raise
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.number_of_steps:
+        if saves_checkpoint:
             checkpoint(step)
         if on_validate is not None and (
             step == config.number_of_steps or (config.validation_every and step % config.validation_every == 0)

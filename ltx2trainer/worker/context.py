@@ -72,6 +72,10 @@ class WorkerContext:
     def report_step(self, info: Any) -> None:
         """After every training step: meter it, and every PROGRESS_INTERVAL_S write usage and progress."""
         self._unbilled_steps.append(info.step)
+        if info.checkpoint_after:
+            # A resume starts after this step and never redoes it: it must be in the ledger before the
+            # checkpoint exists, or a crash right after the checkpoint would leave it trained and unbilled.
+            self.flush_usage()
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_INTERVAL_S and info.step != info.total:
             return
