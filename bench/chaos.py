@@ -48,7 +48,8 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chaos_rig import PrivateRedis, Recorder, Service, WebhookReceiver, fresh_database, wait_until  # noqa: E402
-from ltx2trainer.notify.models import UsageRecordRow, WebhookMessageRow, WebhookStatus  # noqa: E402
+from ltx2trainer.billing.models import UsageRecordRow  # noqa: E402
+from ltx2trainer.notify.models import WebhookMessageRow, WebhookStatus  # noqa: E402
 from ltx2trainer.sample_data import ClipSpec, make_clip  # noqa: E402
 from ltx2trainer.wiring import Services  # noqa: E402
 
@@ -59,6 +60,7 @@ CHECKPOINT_EVERY = 25
 LEASE_S = 20  # short, so that a job whose worker died is taken over within the run
 KILL_GAP_STEPS = 15  # the job must pass the step it was last killed at by this much before the next kill
 JOB_END_TIMEOUT_S = 420
+LOAD_END_TIMEOUT_S, LOAD_STALL_S = 2400, 180  # the worker drains the load's queue at one process per message
 POLL_EVERY_S = 0.5
 KEEP_EVERY = 25  # of the load's jobs, every 25th runs instead of being cancelled
 
@@ -153,12 +155,23 @@ class Chaos:
                         if body["status"] in TERMINAL:
                             self.live.pop(job_id, None)
 
-    def wait_finished(self, job_ids: list[str], timeout_s: float = JOB_END_TIMEOUT_S) -> None:
-        try:
-            wait_until(lambda: all(self.job(j).get("status") in TERMINAL for j in job_ids), timeout_s,
-                       f"{len(job_ids)} job(s) to finish", 0.5)
-        except TimeoutError as exc:
-            print(f"  {exc}")
+    def wait_finished(self, job_ids: list[str], timeout_s: float = JOB_END_TIMEOUT_S, *,
+                      stall_s: float | None = None) -> None:
+        """Until every job finished, at most `timeout_s`; with `stall_s`, also give up once no job finished for
+        that long (a long queue drains at the machine's pace: what is left after a stall is lost)."""
+        deadline = time.monotonic() + timeout_s
+        finished, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_finished = sum(self.job(j).get("status") in TERMINAL for j in job_ids)
+            if now_finished == len(job_ids):
+                return
+            if now_finished != finished:
+                finished, last_change = now_finished, time.monotonic()
+            elif stall_s is not None and time.monotonic() - last_change > stall_s:
+                print(f"  no job finished for {stall_s:.0f} s; {len(job_ids) - finished} left")
+                return
+            time.sleep(0.5)
+        print(f"  timed out after {timeout_s:.0f} s waiting for {len(job_ids)} job(s) to finish")
 
     # --- scenarios -------------------------------------------------------------------------------------
 
@@ -228,7 +241,7 @@ class Chaos:
             row.job_ids.extend(pool.map(client_job, range(self.args.submits)))
         kept = row.job_ids[::KEEP_EVERY]
         row.notes.append(f"{len(row.job_ids) - len(kept)} cancelled by their clients, {len(kept)} run")
-        self.wait_finished([j for j in row.job_ids if j], timeout_s=max(JOB_END_TIMEOUT_S, 2.0 * self.args.submits))
+        self.wait_finished([j for j in row.job_ids if j], timeout_s=LOAD_END_TIMEOUT_S, stall_s=LOAD_STALL_S)
 
     # --- accounting ------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console
+from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console, given_fields, input_option
 from ltx2trainer.settings import get_settings
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (run on the server's machine).", no_args_is_help=True)
@@ -33,6 +33,15 @@ def db_upgrade() -> None:
     before = current_revision(db)
     after = upgrade(db)
     console.print(f"schema at revision {after} (was {before or 'none'}; head {head_revision()})")
+
+
+@db_app.command("revision")
+def db_revision(message: Annotated[str, typer.Argument(help="What changed in the models.")]) -> None:
+    """For maintainers: autogenerate a migration from the models' difference to the current head, to review."""
+    from ltx2trainer.jobs.migrate import write_revision
+    from ltx2trainer.wiring import all_tables
+
+    write_revision(message, all_tables())
 
 
 def configure_json_logging(level: int = logging.INFO) -> None:
@@ -105,8 +114,8 @@ def keys_create(
     spend_limit: Annotated[str | None, typer.Option(help="USD this key may spend in all (default: no limit).")] = None,
 ) -> None:
     """Create a key and print it (it is shown only once)."""
+    from ltx2trainer.billing.ledger import set_spend_limit
     from ltx2trainer.jobs.keys import create_key
-    from ltx2trainer.notify.billing import set_spend_limit
     from ltx2trainer.wiring import Services
 
     db = Services(get_settings()).db
@@ -121,12 +130,11 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None) -> None:
     """List keys (ids, owners, state; never secrets)."""
+    from ltx2trainer.billing.ledger import usd
     from ltx2trainer.jobs.keys import list_keys
-
-    # Plain tab-separated lines on stdout: readable, and easy to grep or cut.
-    from ltx2trainer.notify.billing import usd
     from ltx2trainer.wiring import Services
 
+    # Plain tab-separated lines on stdout: readable, and easy to grep or cut.
     print("key_id\towner\tname\tadmin\tcreated\trevoked\tspend_limit_usd")
     for row in list_keys(Services(get_settings()).db, owner):
         print("\t".join([row.id, row.owner, row.name, "yes" if row.is_admin else "no",
@@ -153,7 +161,7 @@ def keys_set_limit(
     spend_limit: Annotated[str, typer.Argument(help="USD, or 'none' to remove the limit.")],
 ) -> None:
     """Set (or remove) a key's spending limit: submits that would exceed it are refused with HTTP 402."""
-    from ltx2trainer.notify.billing import set_spend_limit
+    from ltx2trainer.billing.ledger import set_spend_limit
     from ltx2trainer.wiring import Services
 
     limit = None if spend_limit.lower() == "none" else _parse_usd(spend_limit)
@@ -183,15 +191,16 @@ def submit(
     source: Annotated[str, typer.Argument(help="The training zip: an http(s) URL or a local file.")],
     server: Annotated[str, typer.Option(envvar="LTX2T_SERVER_URL", help="Gateway URL.")] = "http://127.0.0.1:8000",
     key: Annotated[str, typer.Option(envvar="LTX2T_API_KEY", help="API key (key_…:secret).")] = "",
-    number_of_steps: Annotated[int, typer.Option()] = 2000,
-    rank: Annotated[int, typer.Option()] = 32,
-    learning_rate: Annotated[float, typer.Option()] = 2e-4,
-    number_of_frames: Annotated[int, typer.Option()] = 89,
-    frame_rate: Annotated[int, typer.Option()] = 25,
-    resolution: Annotated[ResolutionChoice, typer.Option()] = ResolutionChoice.medium,
-    aspect_ratio: Annotated[AspectChoice, typer.Option()] = AspectChoice.square,
-    with_audio: Annotated[WithAudio, typer.Option()] = WithAudio.auto,
-    trigger_phrase: Annotated[str, typer.Option()] = "",
+    # Input options left out are not sent: the server's schema supplies its defaults (shown by --help).
+    number_of_steps: Annotated[int | None, input_option("number_of_steps")] = None,
+    rank: Annotated[int | None, input_option("rank")] = None,
+    learning_rate: Annotated[float | None, input_option("learning_rate")] = None,
+    number_of_frames: Annotated[int | None, input_option("number_of_frames")] = None,
+    frame_rate: Annotated[int | None, input_option("frame_rate")] = None,
+    resolution: Annotated[ResolutionChoice | None, input_option("resolution")] = None,
+    aspect_ratio: Annotated[AspectChoice | None, input_option("aspect_ratio")] = None,
+    with_audio: Annotated[WithAudio | None, input_option("with_audio")] = None,
+    trigger_phrase: Annotated[str | None, input_option("trigger_phrase")] = None,
     validation_prompt: Annotated[list[str], typer.Option(help="Repeat for two.")] = [],  # noqa: B006
     input_json: Annotated[Path | None, typer.Option(help="A JSON file of further input fields.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Submit at most once for this key.")] = None,
@@ -205,11 +214,11 @@ def submit(
         console.print("[red]an API key is needed:[/] --key or LTX2T_API_KEY (create one with `ltx2trainer keys create`)")
         raise typer.Exit(2)
     body: dict[str, Any] = {
-        "training_data_url": training_data_url(source), "number_of_steps": number_of_steps, "rank": rank,
-        "learning_rate": learning_rate, "number_of_frames": number_of_frames, "frame_rate": frame_rate,
-        "resolution": resolution.value, "aspect_ratio": aspect_ratio.value, "trigger_phrase": trigger_phrase,
-        "with_audio": {"auto": None, "true": True, "false": False}[with_audio.value],
+        "training_data_url": training_data_url(source),
         "validation": [{"prompt": prompt} for prompt in validation_prompt],
+        **given_fields(number_of_steps=number_of_steps, rank=rank, learning_rate=learning_rate,
+                       number_of_frames=number_of_frames, frame_rate=frame_rate, resolution=resolution,
+                       aspect_ratio=aspect_ratio, with_audio=with_audio, trigger_phrase=trigger_phrase),
     }
     if input_json is not None:
         body.update(json.loads(input_json.read_text(encoding="utf-8")))

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'ltx2trainer.db'}"
         if not self.broker_url:
-            self.broker_url = "filesystem://localhost/"  # folders under data_dir/broker (worker/celery_app.py)
+            self.broker_url = "filesystem://localhost/"  # folders under data_dir/broker (jobs/celery_app.py)
         if not self.storage_url:
             self.storage_url = (self.data_dir / "storage").resolve().as_uri()
         return self

@@ -9,11 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from ltx2trainer.jobs.db import Database
+from sqlalchemy import MetaData
+
+from ltx2trainer.jobs.db import Base, Database
 from ltx2trainer.jobs.lifecycle import Lifecycle
 from ltx2trainer.jobs.queue import CeleryJobQueue, JobQueue
 from ltx2trainer.jobs.store import JobStore
 from ltx2trainer.settings import Settings
+
+
+def all_tables() -> MetaData:
+    """The metadata with every table of the database registered: the job store's, the webhook outbox's and
+    billing's. Gathered here because `notify/` and `billing/` build on `jobs/`, which may not import them;
+    what the migrations are compared with (`ltx2trainer db revision`, tests/test_migrations.py)."""
+    import ltx2trainer.billing.models
+    import ltx2trainer.jobs.models
+    import ltx2trainer.notify.models  # noqa: F401
+
+    return Base.metadata
 
 
 @dataclass
@@ -30,7 +43,7 @@ class Services:
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
-        from ltx2trainer.notify.billing import billing_listener
+        from ltx2trainer.billing.ledger import billing_listener
         from ltx2trainer.notify.webhooks import outbox_listener
 
         # Billing first: it settles `usage`, which the webhook payloads then carry.

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from ltx2trainer.hashing import fingerprint
 from ltx2trainer.pipeline.fetch import fetch_dataset
 from ltx2trainer.pipeline.preprocess import PrepareOptions, PrepareResult, prepare_dataset
-from ltx2trainer.pipeline.preprocess.manifest import fingerprint
 from ltx2trainer.settings import Settings
 
 if shutil.which("ffmpeg") is None:  # pragma: no cover - scripts/test.sh installs it

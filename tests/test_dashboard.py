@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 
 from ltx2trainer.api import create_app
+from ltx2trainer.billing.ledger import record_steps
 from ltx2trainer.jobs.keys import create_key
-from ltx2trainer.notify.billing import record_steps
 from ltx2trainer.settings import Settings
 from ltx2trainer.storage import job_prefix
 from ltx2trainer.wiring import Services
@@ -88,7 +88,7 @@ def site(tmp_path_factory):
     alice = create_key(services.db, "alice").token
     bob = create_key(services.db, "bob").token
     admin = create_key(services.db, "ops", is_admin=True).token
-    from ltx2trainer.notify.billing import initial_usage
+    from ltx2trainer.billing.ledger import initial_usage
 
     def training(owner: str, steps: int, done: int, outcome: str) -> str:
         job, _ = lifecycle.submit(owner, {"training_data_url": "https://example.com/d.zip", "number_of_steps": steps},

@@ -8,13 +8,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 from typer.testing import CliRunner
 
-from ltx2trainer.jobs.db import Base, Database
+from ltx2trainer.billing.ledger import record_steps
+from ltx2trainer.jobs.db import Database
 from ltx2trainer.jobs.keys import create_key
-from ltx2trainer.jobs.migrate import INITIAL_REVISION, current_revision, head_revision, import_models, upgrade
+from ltx2trainer.jobs.migrate import INITIAL_REVISION, current_revision, head_revision, upgrade
 from ltx2trainer.jobs.models import JobRow
-from ltx2trainer.notify.billing import record_steps
 from ltx2trainer.settings import Settings
-from ltx2trainer.wiring import Services
+from ltx2trainer.wiring import Services, all_tables
 
 INPUT = {"training_data_url": "https://example.com/a.zip", "number_of_steps": 100}
 
@@ -70,7 +70,6 @@ def test_a_database_made_before_migrations_existed_is_stamped_then_upgraded(tmp_
 def test_the_migrations_build_exactly_what_the_models_describe(tmp_path, database_url):
     db = Database(database_url)
     upgrade(db)
-    import_models()
     with db.engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    assert differences == [], "the models changed without a migration: python -m ltx2trainer.jobs.migrate revision"
+        differences = compare_metadata(MigrationContext.configure(connection), all_tables())
+    assert differences == [], "the models changed without a migration: ltx2trainer db revision \"what changed\""

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from bench.chaos_rig import PrivateRedis
-from ltx2trainer.notify.models import UsageRecordRow
+from ltx2trainer.billing.models import UsageRecordRow
 from tests.live_service import FAST_JOB, live_service, tiny_dataset_url
 
 pytestmark = pytest.mark.slow

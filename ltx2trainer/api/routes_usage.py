@@ -17,9 +17,10 @@ from sqlalchemy import select
 
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
 from ltx2trainer.api.render import render_output
+from ltx2trainer.billing.ledger import job_estimated_cost, to_nano, usage_report, usd
 from ltx2trainer.jobs.db import utcnow
 from ltx2trainer.jobs.models import JobRow, JobStatus
-from ltx2trainer.notify.billing import to_nano, unit_price_nano_of, usage_report, usd
+from ltx2trainer.schemas import ProgressReport
 
 router = APIRouter(prefix="/v1", tags=["usage and billing"])
 
@@ -110,16 +111,16 @@ def dashboard_data(principal: PrincipalDep, services: ServicesDep, base_url: Bas
 
 def _dashboard_row(job: JobRow, services, base_url: str, price) -> dict[str, Any]:
     usage = job.usage or {}
-    progress = job.progress or {}
+    progress = ProgressReport.of_stored(job.progress)
     finished_or_now = job.finished_at or utcnow()
     output = render_output(job.output, services, base_url) or {}
     return {
         "id": job.id, "owner": job.owner, "status": job.status, "phase": job.phase,
-        "steps_done": usage.get("steps_completed", progress.get("step", 0)),
+        "steps_done": usage.get("steps_completed", progress.step),
         "total_steps": job.input.get("number_of_steps"),
         "cost_usd": usage.get("amount_usd", usd(0)),
-        "estimated_cost_usd": usd(job.input.get("number_of_steps", 0) * unit_price_nano_of(job, price)),
-        "loss": progress.get("loss"), "eta_s": progress.get("eta_s"),
+        "estimated_cost_usd": usd(to_nano(job_estimated_cost(job, price))),
+        "loss": progress.loss, "eta_s": progress.eta_s,
         "created_at": job.created_at.isoformat(),
         "duration_s": round((finished_or_now - job.started_at).total_seconds(), 1) if job.started_at else None,
         "error": (job.error or {}).get("message") if job.status == JobStatus.FAILED else None,

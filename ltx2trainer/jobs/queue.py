@@ -25,13 +25,13 @@ class CeleryJobQueue:
     """Sends `run_job(job_id)` through the configured Celery broker (the gateway never imports the task)."""
 
     def __init__(self, settings: Settings) -> None:
-        from ltx2trainer.worker.celery_app import make_celery
+        from ltx2trainer.jobs.celery_app import make_celery
 
         self.settings = settings
         self.app = make_celery(settings)
 
     def enqueue(self, job_id: str) -> None:
-        from ltx2trainer.worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE
+        from ltx2trainer.jobs.celery_app import RUN_JOB_TASK, TRAINING_QUEUE
 
         self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
 
@@ -48,7 +48,7 @@ class CeleryJobQueue:
 
 def _job_id(message: dict) -> str | None:
     """The job id of a Celery protocol-2 run_job message (its `argsrepr` header: "['<id>']")."""
-    from ltx2trainer.worker.celery_app import RUN_JOB_TASK
+    from ltx2trainer.jobs.celery_app import RUN_JOB_TASK
 
     headers = message.get("headers") or {}
     if headers.get("task") != RUN_JOB_TASK:
@@ -62,7 +62,7 @@ def _redis_pending(url: str) -> set[str]:
     they are acknowledged in the `unacked` hash ([message, exchange, routing key] per delivery tag)."""
     import redis
 
-    from ltx2trainer.worker.celery_app import TRAINING_QUEUE
+    from ltx2trainer.jobs.celery_app import TRAINING_QUEUE
 
     client = redis.Redis.from_url(url)
     try:

@@ -80,13 +80,32 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's weights, keyed by module path (`transformer_blocks.0.attn1.to_q.lora_A.weight`)."""
     from peft.utils import get_peft_model_state_dict
 
-    from ltx2trainer.training.sharding import gathered_lora_state, is_sharded
-
     unwrapped = getattr(transformer, "module", transformer)  # DDP wraps the model
     # FSDP shards every tensor: gather them whole first (collective: every process must call this).
     state = gathered_lora_state(unwrapped) if is_sharded(unwrapped) else None
     return {k: v.detach().float().cpu().contiguous()
             for k, v in get_peft_model_state_dict(unwrapped, state_dict=state).items()}
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether FSDP (`ltx2trainer.training.sharding`) sharded the module's parameters."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def gathered_lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's LoRA tensors, whole, on the CPU, keyed as in its state dict (collective under FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    state = {}
+    for name, tensor in module.state_dict().items():
+        if "lora_" not in name:
+            continue
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        state[name] = tensor.detach().cpu()
+    return state
 
 
 def load_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -1,1 +1,1 @@
-"""Reactions to job transitions: signed webhooks from an outbox (and, later, billing)."""
+"""Reactions to job transitions: signed webhooks from an outbox. (Billing, the other reaction, is `ltx2trainer.billing`.)"""

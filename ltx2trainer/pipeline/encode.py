@@ -1,17 +1,15 @@
 """Encode stage: every sample of a processed dataset into latents and every caption into text context, once.
 
-The cache is a folder of safetensors files: `samples/<sample id>.safetensors` (video latents, audio
-latents) and `text/<caption hash>.safetensors` (the connectors' video and audio context and mask), each
-written through a temp file and renamed. The folder is keyed by the model, so a re-run, a resumed job or a
-second training run on the same dataset encodes nothing again, while another model starts a fresh cache.
+What is computed here is written into the encoded cache, whose format (folder layout, file contents, the
+model fingerprint that keys it, the readers the training loop uses) is `ltx2trainer.training.cache`. A
+re-run, a resumed job or a second training run on the same dataset encodes nothing again, while another
+model starts a fresh cache.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -20,7 +18,6 @@ import soundfile
 import torch
 from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf, resolve_default_image_crf
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from ltx2trainer.errors import JobCancelled
 from ltx2trainer.model.audio_features import MEL_SAMPLE_RATE_HZ
@@ -32,42 +29,22 @@ from ltx2trainer.model.encoders import (
     encode_prompts,
     encode_video,
 )
-from ltx2trainer.pipeline.preprocess.manifest import ManifestRow, fingerprint, read_manifest
+from ltx2trainer.pipeline.preprocess.manifest import ManifestRow, read_manifest
+from ltx2trainer.training.cache import (
+    SAMPLES_DIR,
+    TEXT_DIR,
+    EncodedDataset,
+    EncodedSample,
+    load_tensors,
+    sample_file,
+    save_tensors,
+    silence_file,
+    text_file,
+)
 
 log = logging.getLogger(__name__)
 
 EncodeProgress = Callable[[int, int, str], None]  # (done, total, sample id)
-
-
-@dataclass(frozen=True)
-class EncodedSample:
-    """Where one sample's latents and its caption's text context are cached."""
-
-    id: str
-    latents_file: Path
-    text_file: Path
-    has_audio: bool
-
-
-@dataclass
-class EncodedDataset:
-    """The cache of one dataset for one model, and how much of it this run had to compute."""
-
-    cache_dir: Path
-    samples: list[EncodedSample]
-    frame_rate: float
-    samples_encoded: int = 0
-    samples_reused: int = 0
-    texts_encoded: int = 0
-    texts_reused: int = 0
-
-
-ENCODING_VERSION = 2  # bump when what a cache file holds changes, so old caches are not reused
-
-
-def cache_dir_for(work_dir: Path, components: ModelComponents) -> Path:
-    """One cache folder per model (and encoding version), so foreign latents are never mixed in."""
-    return work_dir / f"encoded-{fingerprint([components.name, ENCODING_VERSION])[:10]}"
 
 
 def encode_dataset(
@@ -80,18 +57,18 @@ def encode_dataset(
 ) -> EncodedDataset:
     """Encode what is not cached yet; returns every sample's cache files and what this call computed."""
     rows = read_manifest(dataset_dir)
-    (cache_dir / "samples").mkdir(parents=True, exist_ok=True)
-    (cache_dir / "text").mkdir(parents=True, exist_ok=True)
+    (cache_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    (cache_dir / TEXT_DIR).mkdir(parents=True, exist_ok=True)
     frame_rate = next((row.fps for row in rows if row.fps), 25.0)
     result = EncodedDataset(cache_dir=cache_dir, samples=[], frame_rate=frame_rate)
 
-    texts = {text_key(row.caption): row.caption for row in rows}
-    missing = [(key, caption) for key, caption in texts.items() if not (cache_dir / "text" / f"{key}.safetensors").exists()]
+    texts = {text_file(cache_dir, row.caption): row.caption for row in rows}
+    missing = [(path, caption) for path, caption in texts.items() if not path.exists()]
     result.texts_reused = len(texts) - len(missing)
-    for key, caption in missing:
+    for path, caption in missing:
         embeds, mask = encode_prompts(components, [caption])
         video_ctx, audio_ctx, ctx_mask = connect_prompts(components, embeds, mask)
-        _save_atomically(cache_dir / "text" / f"{key}.safetensors", {
+        save_tensors(path, {
             "video_context": video_ctx[0], "audio_context": audio_ctx[0], "mask": ctx_mask[0],
         })
         result.texts_encoded += 1
@@ -99,30 +76,19 @@ def encode_dataset(
     for done, row in enumerate(rows, start=1):
         if cancel is not None and cancel():
             raise JobCancelled("cancelled while encoding the dataset")
-        latents_file = cache_dir / "samples" / f"{row.id}.safetensors"
+        latents_file = sample_file(cache_dir, row.id)
         if latents_file.exists():
             result.samples_reused += 1
         else:
-            _save_atomically(latents_file, _encode_row(components, dataset_dir, row))
+            save_tensors(latents_file, _encode_row(components, dataset_dir, row))
             result.samples_encoded += 1
-        result.samples.append(EncodedSample(row.id, latents_file, cache_dir / "text" / f"{text_key(row.caption)}.safetensors",
+        result.samples.append(EncodedSample(row.id, latents_file, text_file(cache_dir, row.caption),
                                             has_audio=row.audio is not None))
         if on_progress is not None:
             on_progress(done, len(rows), row.id)
     log.info("encoded %d samples (%d cached) and %d captions (%d cached)", result.samples_encoded,
              result.samples_reused, result.texts_encoded, result.texts_reused)
     return result
-
-
-def text_key(text: str) -> str:
-    return fingerprint(text)
-
-
-def load_sample(sample: EncodedSample) -> dict[str, torch.Tensor]:
-    """The cached tensors of one sample: video [C, F', H', W'], audio [L, D] if any, and its text context."""
-    tensors = load_file(str(sample.latents_file))
-    tensors.update(load_file(str(sample.text_file)))
-    return tensors
 
 
 def _encode_row(components: ModelComponents, dataset_dir: Path, row: ManifestRow) -> dict[str, torch.Tensor]:
@@ -150,13 +116,13 @@ def conditioning_image(components: ModelComponents, frame: torch.Tensor) -> torc
 def silence_latents(components: ModelComponents, cache_dir: Path, num_frames: int, frame_rate: float) -> torch.Tensor:
     """Audio latents of silence for a clip of `num_frames` (cached): what the audio branch sees when the
     dataset has no sound. Silent clips are, in fact, silent; this keeps the video branch's inputs real."""
-    path = cache_dir / f"silence-{num_frames}f-{frame_rate:g}fps.safetensors"
+    path = silence_file(cache_dir, num_frames, frame_rate)
     if path.exists():
-        return load_file(str(path))["audio"]
+        return load_tensors(path)["audio"]
     length = audio_latent_length(components, num_frames, frame_rate)
     samples = round(num_frames / frame_rate * MEL_SAMPLE_RATE_HZ)
     latents = encode_audio(components, torch.zeros(2, samples), length)
-    _save_atomically(path, {"audio": latents})
+    save_tensors(path, {"audio": latents})
     return latents
 
 
@@ -170,12 +136,3 @@ def read_pixels(path: Path) -> torch.Tensor:
             frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float()
     return pixels / 127.5 - 1.0
-
-
-def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ltx2trainer.pipeline.encode import EncodedDataset, load_sample
+from ltx2trainer.training.cache import EncodedDataset, load_sample
 from ltx2trainer.training.flow import Batch
 
 

@@ -12,7 +12,7 @@ the processes and sets up the process group (NCCL on GPUs, gloo on CPUs), exactl
 What changes for the loop (`trainer.py`):
 - parameters become DTensors: the optimizer is made after sharding, over the sharded LoRA parameters;
 - reading the LoRA (export, checkpoints) and the optimizer state is collective: every process takes part,
-  the main one writes (`gathered_lora_state`, `full_optimizer_state`);
+  the main one writes (`model.lora.lora_state_dict`, `full_optimizer_state`);
 - a forward is collective too: validation sampling runs on every process in lockstep, only the main one
   writes the clips.
 """
@@ -28,7 +28,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 
 Sharding = Literal["ddp", "fsdp"]
 SHARDINGS: tuple[str, ...] = ("ddp", "fsdp")
@@ -41,22 +40,6 @@ def shard_transformer(transformer: torch.nn.Module) -> torch.nn.Module:
         fully_shard(block)
     fully_shard(transformer)
     return transformer
-
-
-def is_sharded(module: torch.nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in module.parameters())
-
-
-def gathered_lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The module's LoRA tensors, whole, on the CPU, keyed as in its state dict (collective under FSDP)."""
-    state = {}
-    for name, tensor in module.state_dict().items():
-        if "lora_" not in name:
-            continue
-        if isinstance(tensor, DTensor):
-            tensor = tensor.full_tensor()
-        state[name] = tensor.detach().cpu()
-    return state
 
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

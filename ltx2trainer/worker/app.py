@@ -17,11 +17,11 @@ import time
 from celery import Celery, signals
 from celery.utils.nodenames import host_format
 
+from ltx2trainer.jobs.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
 from ltx2trainer.jobs.db import utcnow
 from ltx2trainer.jobs.workers import SEEN_EVERY_S, ServedModel, identify_model, record_worker, touch_worker
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
-from ltx2trainer.worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ file and renamed, so a reader never sees half a manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -15,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.schemas import TrainingInput, frame_size, input_default
 
 MANIFEST_NAME = "manifest.jsonl"
 REPORT_NAME = "report.json"
@@ -23,21 +22,32 @@ MEDIA_DIR_NAME = "media"
 STATE_DIR_NAME = ".state"  # per-sample completion records and scene caches, for resuming
 
 
+# The fields of the training input that decide how its data is prepared, as the schema names them. All but
+# the frame size are `PrepareOptions` fields of the same name; resolution and aspect_ratio become width and
+# height in pixels (library callers and tests may ask for any size, not only a preset).
+DATASET_FIELDS = ("number_of_frames", "frame_rate", "resolution", "aspect_ratio", "with_audio", "audio_normalize",
+                  "audio_preserve_pitch", "trigger_phrase", "auto_scale_input", "split_input_into_scenes",
+                  "split_input_duration_threshold")
+_FRAME_SIZE_FIELDS = ("resolution", "aspect_ratio")
+_DEFAULT_WIDTH, _DEFAULT_HEIGHT = frame_size(input_default("resolution"), input_default("aspect_ratio"))
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
-    """The dataset fields of the training input, in the units preparation works in."""
+    """The dataset fields of the training input, in the units preparation works in. A request's options come
+    from `from_input`; the defaults, for library use, are the schema's (read from it, not restated)."""
 
-    number_of_frames: int = 89
-    frame_rate: int = 25  # frames per second
-    width: int = 768  # pixels
-    height: int = 768  # pixels
-    with_audio: bool | None = None
-    audio_normalize: bool = True
-    audio_preserve_pitch: bool = True
-    trigger_phrase: str = ""
-    auto_scale_input: bool = False
-    split_input_into_scenes: bool = True
-    split_input_duration_threshold: float = 30.0  # seconds
+    number_of_frames: int = input_default("number_of_frames")
+    frame_rate: int = input_default("frame_rate")  # frames per second
+    width: int = _DEFAULT_WIDTH  # pixels
+    height: int = _DEFAULT_HEIGHT  # pixels
+    with_audio: bool | None = input_default("with_audio")
+    audio_normalize: bool = input_default("audio_normalize")
+    audio_preserve_pitch: bool = input_default("audio_preserve_pitch")
+    trigger_phrase: str = input_default("trigger_phrase")
+    auto_scale_input: bool = input_default("auto_scale_input")
+    split_input_into_scenes: bool = input_default("split_input_into_scenes")
+    split_input_duration_threshold: float = input_default("split_input_duration_threshold")  # seconds
 
     def __post_init__(self) -> None:
         if self.number_of_frames < 1 or self.frame_rate < 1 or self.width < 1 or self.height < 1:
@@ -46,19 +56,9 @@ class PrepareOptions:
     @classmethod
     def from_input(cls, training_input: TrainingInput) -> PrepareOptions:
         width, height = training_input.frame_size
-        return cls(
-            number_of_frames=training_input.number_of_frames,
-            frame_rate=training_input.frame_rate,
-            width=width,
-            height=height,
-            with_audio=training_input.with_audio,
-            audio_normalize=training_input.audio_normalize,
-            audio_preserve_pitch=training_input.audio_preserve_pitch,
-            trigger_phrase=training_input.trigger_phrase,
-            auto_scale_input=training_input.auto_scale_input,
-            split_input_into_scenes=training_input.split_input_into_scenes,
-            split_input_duration_threshold=training_input.split_input_duration_threshold,
-        )
+        same_named = {name: getattr(training_input, name) for name in DATASET_FIELDS
+                      if name not in _FRAME_SIZE_FIELDS}
+        return cls(width=width, height=height, **same_named)
 
     @property
     def clip_duration_s(self) -> float:
@@ -67,6 +67,12 @@ class PrepareOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def dataset_fields(training_input: TrainingInput) -> dict[str, Any]:
+    """The request's dataset fields as given (after the schema's adjustments): what report.json records, so
+    that `train` on the prepared folder carries them rather than rebuilding them from pixel sizes."""
+    return training_input.model_dump(mode="json", include=set(DATASET_FIELDS))
 
 
 class ManifestRow(BaseModel):
@@ -111,9 +117,3 @@ def write_text_atomically(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def fingerprint(payload: Any) -> str:
-    """A short stable hash of JSON-able data (what a finished output was made from)."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]

@@ -21,10 +21,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from ltx2trainer.billing.models import SettlementRow, UsageRecordRow
 from ltx2trainer.jobs.db import Database, utcnow
 from ltx2trainer.jobs.lifecycle import TransitionListener
 from ltx2trainer.jobs.models import ApiKeyRow, JobRow, JobStatus
-from ltx2trainer.notify.models import SettlementRow, UsageRecordRow
 
 NANO_PER_USD = 10**9
 FOUR_DECIMALS = Decimal("0.0001")
@@ -56,10 +56,33 @@ def initial_usage(unit_price: Decimal) -> dict[str, Any]:
     return usage_snapshot(0, 0, to_nano(unit_price))
 
 
+def fixed_unit_price(usage: dict[str, Any] | None, default: Decimal) -> Decimal:
+    """The price per step fixed in a job's `usage` when it was submitted (a later price change does not reach
+    it); `default` for a job stored without one."""
+    stored = (usage or {}).get("unit_price")
+    return Decimal(str(stored)) if stored is not None else default
+
+
 def unit_price_nano_of(job: JobRow, default: Decimal) -> int:
-    """The price per step fixed when the job was submitted (a later price change does not reach it)."""
-    stored = (job.usage or {}).get("unit_price")
-    return to_nano(stored) if stored is not None else to_nano(default)
+    """The price per step fixed when the job was submitted, in nano-dollars."""
+    return to_nano(fixed_unit_price(job.usage, default))
+
+
+def estimated_cost(number_of_steps: int, usage: dict[str, Any] | None, default_price: Decimal) -> Decimal:
+    """What a job of `number_of_steps` steps costs in USD: its steps × the unit price fixed in its `usage` at
+    submission (`default_price` for a job stored without one, or a quote for a job not yet submitted). Exact:
+    Decimal keeps the price's decimals (2000 × 0.0048 = 9.6000).
+
+    The one place an estimate is made — the envelope, the submit's budget check and the spending limits'
+    reservations, the estimates endpoint, the dashboard — so that they agree with each other and with what the
+    job is billed, whatever the price setting says later.
+    """
+    return fixed_unit_price(usage, default_price) * number_of_steps
+
+
+def job_estimated_cost(job: JobRow, default_price: Decimal) -> Decimal:
+    """`estimated_cost` of a stored job, at the price fixed when it was submitted."""
+    return estimated_cost(job.input.get("number_of_steps", 0), job.usage, default_price)
 
 
 # --- metering (the worker) ---------------------------------------------------------------------------
@@ -125,7 +148,8 @@ class BudgetRefusal:
 
 def check_budget(session: Session, *, api_key_id: str | None, estimate: Decimal, max_cost_usd: Decimal | None,
                  number_of_steps: int, unit_price: Decimal) -> BudgetRefusal | None:
-    """Why a job of cost `estimate` may not start, or None. Both messages say by how much it is over.
+    """Why a job of cost `estimate` (its `estimated_cost`) may not start, or None. Both messages say by how
+    much it is over; `unit_price` is the new job's, and the price of jobs stored without one.
 
     Run it in the transaction that creates the job (`JobLifecycle.submit(guard=...)`): with a spending limit
     it first takes the key's write lock (a row lock on PostgreSQL; SQLite's database write lock), so concurrent
@@ -146,7 +170,7 @@ def check_budget(session: Session, *, api_key_id: str | None, estimate: Decimal,
                            .where(SettlementRow.api_key_id == api_key_id)) or 0
     active = session.scalars(select(JobRow).where(
         JobRow.api_key_id == api_key_id, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
-    reserved = sum(job.input.get("number_of_steps", 0) * unit_price_nano_of(job, unit_price) for job in active)
+    reserved = sum(to_nano(job_estimated_cost(job, unit_price)) for job in active)
     needed = spent + reserved + to_nano(estimate)
     if needed <= limit:
         return None
