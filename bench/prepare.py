@@ -174,7 +174,7 @@ def child_prepare(spec: dict) -> None:
         if ends:
             stages_s[stage], previous_end_s = max(ends) - previous_end_s, max(ends)
     stages_s["manifest and report"] = wall_s - previous_end_s
-    report = result.report
+    report = result.report.as_dict()
     Path(spec["result"]).write_text(json.dumps({
         "wall_s": wall_s, "stages_s": stages_s, "samples": len(result.rows), "audio": report["audio"],
         "skipped": report["skipped"], "scenes": report["scenes"],

@@ -9,19 +9,31 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, WithAudio, console, validate_input
+from ltx2trainer.cli_common import (
+    AspectChoice,
+    ResolutionChoice,
+    WithAudio,
+    console,
+    given_fields,
+    input_option,
+    validate_input,
+)
 from ltx2trainer.cli_plan import plan_command
 from ltx2trainer.cli_service import db_app, keys_app, serve, submit, worker
 from ltx2trainer.cli_training import sample, train
 from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.schemas import TrainingInput
 from ltx2trainer.settings import get_settings
+
+if TYPE_CHECKING:  # the pipeline is imported when a command runs: --help stays quick
+    from ltx2trainer.pipeline.preprocess import PrepareResult
+    from ltx2trainer.pipeline.preprocess.report import PrepareReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LTX-2 LoRA adapters.")
 app.command()(train)
@@ -40,41 +52,39 @@ FETCH_DIR = Path(".state") / "fetch"  # inside --out: the download and the extra
 def prepare(
     source: Annotated[str, typer.Argument(help="Zip or folder: an http(s) URL, a data: URL or a local path.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for manifest.jsonl, report.json and media/.")],
-    number_of_frames: Annotated[int, typer.Option(help="Frames per clip (8n+1; others are adjusted).")] = 89,
-    frame_rate: Annotated[int, typer.Option(help="Target frames per second.")] = 25,
-    resolution: Annotated[ResolutionChoice, typer.Option(help="Resolution preset.")] = ResolutionChoice.medium,
-    aspect_ratio: Annotated[AspectChoice, typer.Option(help="Aspect ratio.")] = AspectChoice.square,
-    with_audio: Annotated[WithAudio, typer.Option(help="auto: only if every video has audio.")] = WithAudio.auto,
-    audio_normalize: Annotated[bool, typer.Option(help="Normalise audio peaks to 0.999.")] = True,
-    audio_preserve_pitch: Annotated[bool, typer.Option(help="Stretch audio keeping pitch (else trim/pad).")] = True,
-    trigger_phrase: Annotated[str, typer.Option(help="Prepended to every caption.")] = "",
-    auto_scale_input: Annotated[bool, typer.Option(help="Re-time every video to exactly N frames.")] = False,
-    split_input_into_scenes: Annotated[bool, typer.Option(help="Split long videos at scene cuts.")] = True,
-    split_input_duration_threshold: Annotated[float, typer.Option(help="Split videos longer than this (s).")] = 30.0,
+    # Options left out are not sent to the schema, which supplies its defaults (shown by --help).
+    number_of_frames: Annotated[int | None, input_option("number_of_frames",
+                                                         "Frames per clip (8n+1; others are adjusted).")] = None,
+    frame_rate: Annotated[int | None, input_option("frame_rate", "Target frames per second.")] = None,
+    resolution: Annotated[ResolutionChoice | None, input_option("resolution", "Resolution preset.")] = None,
+    aspect_ratio: Annotated[AspectChoice | None, input_option("aspect_ratio", "Aspect ratio.")] = None,
+    with_audio: Annotated[WithAudio | None, input_option("with_audio", "auto: only if every video has audio.")] = None,
+    audio_normalize: Annotated[bool | None, input_option("audio_normalize", "Normalise audio peaks to 0.999.")] = None,
+    audio_preserve_pitch: Annotated[bool | None, input_option("audio_preserve_pitch",
+                                                              "Stretch audio keeping pitch (else trim/pad).")] = None,
+    trigger_phrase: Annotated[str | None, input_option("trigger_phrase", "Prepended to every caption.")] = None,
+    auto_scale_input: Annotated[bool | None, input_option("auto_scale_input",
+                                                          "Re-time every video to exactly N frames.")] = None,
+    split_input_into_scenes: Annotated[bool | None, input_option("split_input_into_scenes",
+                                                                 "Split long videos at scene cuts.")] = None,
+    split_input_duration_threshold: Annotated[float | None, input_option(
+        "split_input_duration_threshold", "Split videos longer than this (s).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel workers; 0 = one per CPU core.")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print report.json to stdout.")] = False,
 ) -> None:
     """Turn a zip of videos or images into a training-ready dataset."""
-    fields: dict[str, Any] = {
-        "training_data_url": source,
-        "number_of_frames": number_of_frames,
-        "frame_rate": frame_rate,
-        "resolution": resolution.value,
-        "aspect_ratio": aspect_ratio.value,
-        "with_audio": {"auto": None, "true": True, "false": False}[with_audio.value],
-        "audio_normalize": audio_normalize,
-        "audio_preserve_pitch": audio_preserve_pitch,
-        "trigger_phrase": trigger_phrase,
-        "auto_scale_input": auto_scale_input,
-        "split_input_into_scenes": split_input_into_scenes,
-        "split_input_duration_threshold": split_input_duration_threshold,
-    }
-    training_input = validate_input(fields)
+    training_input = validate_input({"training_data_url": source, **given_fields(
+        number_of_frames=number_of_frames, frame_rate=frame_rate, resolution=resolution, aspect_ratio=aspect_ratio,
+        with_audio=with_audio, audio_normalize=audio_normalize, audio_preserve_pitch=audio_preserve_pitch,
+        trigger_phrase=trigger_phrase, auto_scale_input=auto_scale_input,
+        split_input_into_scenes=split_input_into_scenes,
+        split_input_duration_threshold=split_input_duration_threshold,
+    )})
     settings = get_settings(**({"prepare_workers": workers} if workers else {}))
     result = _run_prepare(training_input, out, settings)
     _print_summary(result.report, out)
     if json_output:
-        print(json.dumps(result.report, ensure_ascii=False, indent=2, default=str))
+        print(json.dumps(result.report.as_dict(), ensure_ascii=False, indent=2, default=str))
 
 
 @app.command("make-sample-data")
@@ -133,9 +143,8 @@ def _local_demo(archive: Path, out: Path, number_of_steps: int) -> None:
     run_with_progress(dataset_dir, out / "lora", training_input, model="tiny")
 
 
-def _run_prepare(training_input: TrainingInput, out: Path, settings):
-    from ltx2trainer.pipeline.fetch import fetch_dataset
-    from ltx2trainer.pipeline.preprocess import PrepareOptions, prepare_dataset
+def _run_prepare(training_input: TrainingInput, out: Path, settings) -> PrepareResult:
+    from ltx2trainer.pipeline.dataset_source import fetch_and_prepare
 
     with Progress(
         TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -154,18 +163,8 @@ def _run_prepare(training_input: TrainingInput, out: Path, settings):
             bar.update(tasks[event.stage], completed=event.done, total=event.total, item=event.item[-40:])
 
         try:
-            fetched = fetch_dataset(
-                training_input.training_data_url, out / FETCH_DIR, settings, allow_local=True, on_progress=on_download
-            )
-            return prepare_dataset(
-                fetched.root,
-                out,
-                PrepareOptions.from_input(training_input),
-                workers=settings.effective_prepare_workers,
-                upstream_ignored=fetched.ignored,
-                adjustments=[a.model_dump() for a in training_input.adjustments],
-                on_progress=on_progress,
-            )
+            return fetch_and_prepare(training_input, out / FETCH_DIR, out, settings, allow_local=True,
+                                     on_download=on_download, on_progress=on_progress)
         except UserInputError as exc:
             bar.stop()
             console.print(f"[red]error ({exc.code}):[/] {exc.message}")
@@ -176,22 +175,22 @@ def _run_prepare(training_input: TrainingInput, out: Path, settings):
             raise typer.Exit(130) from None
 
 
-def _print_summary(report: dict[str, Any], out: Path) -> None:
-    counts = report["counts"]
+def _print_summary(report: PrepareReport, out: Path) -> None:
+    counts = report.counts
     table = Table(title="dataset prepared", show_header=False, title_justify="left")
-    table.add_row("media files", str(counts["media_files"]))
-    table.add_row("clips in", f"{counts['clips_in']} {report['kind']}{'s' if counts['clips_in'] != 1 else ''}")
-    table.add_row("scenes (from split videos)", str(counts["scenes"]))
-    table.add_row("samples out", f"{counts['samples_out']} ({counts['reused']} reused from an earlier run)")
-    table.add_row("audio", f"{'on' if report['audio']['enabled'] else 'off'}: {report['audio']['reason']}")
-    table.add_row("skipped", str(counts["skipped"]))
-    table.add_row("ignored files", str(len(report["ignored"])))
+    table.add_row("media files", str(counts.media_files))
+    table.add_row("clips in", f"{counts.clips_in} {report.kind}{'s' if counts.clips_in != 1 else ''}")
+    table.add_row("scenes (from split videos)", str(counts.scenes))
+    table.add_row("samples out", f"{counts.samples_out} ({counts.reused} reused from an earlier run)")
+    table.add_row("audio", f"{'on' if report.audio.enabled else 'off'}: {report.audio.reason}")
+    table.add_row("skipped", str(counts.skipped))
+    table.add_row("ignored files", str(len(report.ignored)))
     console.print(table)
-    for skipped in report["skipped"]:
-        scene = f" scene {skipped['scene'][0]:.2f}–{skipped['scene'][1]:.2f} s" if skipped["scene"] else ""
-        console.print(f"  skipped {skipped['source']}{scene}: {skipped['reason']} ({skipped['detail']})")
-    for warning in report["warnings"]:
-        console.print(f"  [yellow]warning[/] {warning['source']}: {warning['message']}")
+    for skipped in report.skipped:
+        scene = f" scene {skipped.scene[0]:.2f}–{skipped.scene[1]:.2f} s" if skipped.scene else ""
+        console.print(f"  skipped {skipped.source}{scene}: {skipped.reason} ({skipped.detail})")
+    for warning in report.warnings:
+        console.print(f"  [yellow]warning[/] {warning.source}: {warning.message}")
     console.print(f"manifest: {out / 'manifest.jsonl'}\nreport:   {out / 'report.json'}")
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, console, validate_input
+from ltx2trainer.cli_common import AspectChoice, ResolutionChoice, console, given_fields, input_option, validate_input
 from ltx2trainer.errors import UserInputError
 from ltx2trainer.settings import get_settings
 
@@ -34,17 +34,20 @@ def plan_command(
     text_encoder: Annotated[str | None, typer.Option(help="Gemma-3 folder of an official file (its size).")] = None,
     fp8: Annotated[bool | None, typer.Option("--fp8/--no-fp8", help="The GPU has fp8 hardware (8.9+; default: "
                                              "LTX2T_GPU_SUPPORTS_FP8).")] = None,
-    number_of_frames: Annotated[int, typer.Option(help="Frames per training clip.")] = 89,
-    frame_rate: Annotated[int, typer.Option(help="Frames per second.")] = 25,
-    resolution: Annotated[ResolutionChoice, typer.Option(help="Training resolution.")] = ResolutionChoice.medium,
-    aspect_ratio: Annotated[AspectChoice, typer.Option(help="Training aspect ratio.")] = AspectChoice.square,
-    rank: Annotated[int, typer.Option(help="LoRA rank: 8, 16, 32, 64 or 128.")] = 32,
+    # Request options left out are not sent to the schema, which supplies its defaults (shown by --help).
+    number_of_frames: Annotated[int | None, input_option("number_of_frames", "Frames per training clip.")] = None,
+    frame_rate: Annotated[int | None, input_option("frame_rate", "Frames per second.")] = None,
+    resolution: Annotated[ResolutionChoice | None, input_option("resolution", "Training resolution.")] = None,
+    aspect_ratio: Annotated[AspectChoice | None, input_option("aspect_ratio", "Training aspect ratio.")] = None,
+    rank: Annotated[int | None, input_option("rank", "LoRA rank: 8, 16, 32, 64 or 128.")] = None,
     validation_prompts: Annotated[int, typer.Option(min=0, max=2, help="Validation prompts (0: none).")] = 1,
     validation_images: Annotated[bool, typer.Option(help="Validation from images (image-to-video).")] = False,
-    validation_number_of_frames: Annotated[int, typer.Option(help="Frames per validation video.")] = 89,
-    validation_frame_rate: Annotated[int, typer.Option(help="Validation frame rate.")] = 25,
-    validation_resolution: Annotated[ResolutionChoice, typer.Option()] = ResolutionChoice.high,
-    validation_aspect_ratio: Annotated[AspectChoice, typer.Option()] = AspectChoice.square,
+    validation_number_of_frames: Annotated[int | None, input_option("validation_number_of_frames",
+                                                                    "Frames per validation video.")] = None,
+    validation_frame_rate: Annotated[int | None, input_option("validation_frame_rate",
+                                                              "Validation frame rate.")] = None,
+    validation_resolution: Annotated[ResolutionChoice | None, input_option("validation_resolution")] = None,
+    validation_aspect_ratio: Annotated[AspectChoice | None, input_option("validation_aspect_ratio")] = None,
     shards: Annotated[int, typer.Option(min=1, help="GPUs the job is sharded over with FSDP (train --sharding "
                                         "fsdp under accelerate launch); 1: one GPU holds the whole model.")] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")] = False,
@@ -60,13 +63,14 @@ def plan_command(
     image = "data:image/png;base64,iVBORw0KGgo="  # validated as a URL only; the planner needs to know there is one
     fields: dict[str, Any] = {
         "training_data_url": "request.zip",  # not fetched: the schema wants one
-        "number_of_frames": number_of_frames, "frame_rate": frame_rate,
-        "resolution": resolution.value, "aspect_ratio": aspect_ratio.value, "rank": rank,
         "validation": [{"prompt": f"prompt {i + 1}", **({"image_url": image} if validation_images else {})}
                        for i in range(validation_prompts)],
-        "validation_number_of_frames": validation_number_of_frames, "validation_frame_rate": validation_frame_rate,
-        "validation_resolution": validation_resolution.value,
-        "validation_aspect_ratio": validation_aspect_ratio.value,
+        **given_fields(
+            number_of_frames=number_of_frames, frame_rate=frame_rate, resolution=resolution,
+            aspect_ratio=aspect_ratio, rank=rank, validation_number_of_frames=validation_number_of_frames,
+            validation_frame_rate=validation_frame_rate, validation_resolution=validation_resolution,
+            validation_aspect_ratio=validation_aspect_ratio,
+        ),
     }
     training_input = validate_input(fields)
     source = model or settings.plan_model or settings.model

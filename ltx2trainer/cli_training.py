@@ -6,7 +6,6 @@ schema, so limits and messages match the API.
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,9 +22,17 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ltx2trainer.cli_common import AspectChoice, LoraDtype, ResolutionChoice, console, validate_input
+from ltx2trainer.cli_common import (
+    AspectChoice,
+    LoraDtype,
+    ResolutionChoice,
+    console,
+    given_fields,
+    given_or_default,
+    input_option,
+    validate_input,
+)
 from ltx2trainer.errors import JobCancelled, UserInputError
-from ltx2trainer.schemas import RESOLUTION_PRESETS
 from ltx2trainer.settings import get_settings
 
 MODEL_HELP = ("'tiny' or 'tiny-2.3' (random weights, CPU), an official LTX-2.0/2.3 single-file .safetensors "
@@ -63,20 +70,27 @@ def train(
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     text_encoder: Annotated[str | None, typer.Option(help=TEXT_ENCODER_HELP)] = None,
     lora_dtype: Annotated[LoraDtype, typer.Option(help="dtype of the exported LoRA files.")] = LoraDtype.bf16,
-    rank: Annotated[int, typer.Option(help="LoRA rank: 8, 16, 32, 64 or 128.")] = 32,
-    number_of_steps: Annotated[int, typer.Option(help="Training steps (100-20000).")] = 2000,
-    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
-    first_frame_conditioning_p: Annotated[float, typer.Option(help="P(clean first frame) per sample.")] = 0.5,
+    # Training options left out are not sent to the schema, which supplies its defaults (shown by --help); the
+    # dataset's fields are the ones it was prepared with (report.json).
+    rank: Annotated[int | None, input_option("rank", "LoRA rank: 8, 16, 32, 64 or 128.")] = None,
+    number_of_steps: Annotated[int | None, input_option("number_of_steps", "Training steps (100-20000).")] = None,
+    learning_rate: Annotated[float | None, input_option("learning_rate", "AdamW learning rate.")] = None,
+    first_frame_conditioning_p: Annotated[float | None, input_option("first_frame_conditioning_p",
+                                                                     "P(clean first frame) per sample.")] = None,
     trigger_phrase: Annotated[str | None, typer.Option(help="Default: the one the dataset was prepared with.")] = None,
     validation_prompt: Annotated[list[str], typer.Option(help="Validation prompt (repeat for two).")] = [],  # noqa: B006
     validation_image: Annotated[list[Path], typer.Option(help="First-frame image per prompt (I2V).")] = [],  # noqa: B006
-    validation_negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt for CFG.")] = None,
-    validation_number_of_frames: Annotated[int, typer.Option(help="Frames per validation video.")] = 89,
-    validation_frame_rate: Annotated[int, typer.Option(help="Validation frame rate.")] = 25,
-    validation_resolution: Annotated[ResolutionChoice, typer.Option()] = ResolutionChoice.high,
-    validation_aspect_ratio: Annotated[AspectChoice, typer.Option()] = AspectChoice.square,
-    generate_audio_in_validation: Annotated[bool, typer.Option(help="Audio in validation videos.")] = True,
-    stg_scale: Annotated[float, typer.Option(help="Spatio-temporal guidance scale (0 disables).")] = 1.0,
+    validation_negative_prompt: Annotated[str | None, input_option("validation_negative_prompt",
+                                                                   "Negative prompt for CFG.")] = None,
+    validation_number_of_frames: Annotated[int | None, input_option("validation_number_of_frames",
+                                                                    "Frames per validation video.")] = None,
+    validation_frame_rate: Annotated[int | None, input_option("validation_frame_rate",
+                                                              "Validation frame rate.")] = None,
+    validation_resolution: Annotated[ResolutionChoice | None, input_option("validation_resolution")] = None,
+    validation_aspect_ratio: Annotated[AspectChoice | None, input_option("validation_aspect_ratio")] = None,
+    generate_audio_in_validation: Annotated[bool | None, input_option("generate_audio_in_validation",
+                                                                      "Audio in validation videos.")] = None,
+    stg_scale: Annotated[float | None, input_option("stg_scale", "Spatio-temporal guidance (0 disables).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
     base_precision: Annotated[BasePrecisionChoice, typer.Option(help=BASE_PRECISION_HELP)] = BasePrecisionChoice.bf16,
     optimizer: Annotated[OptimizerChoice, typer.Option(help=OPTIMIZER_HELP)] = OptimizerChoice.adamw,
@@ -85,25 +99,24 @@ def train(
     compile_blocks: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Train an LTX-2 LoRA on a prepared dataset."""
-    prepared = _prepared_options(dataset)
+    prepared = _prepared_dataset_fields(dataset)
     if validation_image and len(validation_image) != len(validation_prompt):
         console.print("[red]invalid validation-image:[/] give one image per --validation-prompt, or none")
         raise typer.Exit(2)
     fields: dict[str, Any] = {
         **prepared,
         "training_data_url": str(dataset),
-        "rank": rank, "number_of_steps": number_of_steps, "learning_rate": learning_rate,
-        "first_frame_conditioning_p": first_frame_conditioning_p,
         "validation": [{"prompt": p, **({"image_url": str(validation_image[i])} if validation_image else {})}
                        for i, p in enumerate(validation_prompt)],
-        "validation_number_of_frames": validation_number_of_frames, "validation_frame_rate": validation_frame_rate,
-        "validation_resolution": validation_resolution.value, "validation_aspect_ratio": validation_aspect_ratio.value,
-        "generate_audio_in_validation": generate_audio_in_validation, "stg_scale": stg_scale, "seed": seed,
+        **given_fields(
+            rank=rank, number_of_steps=number_of_steps, learning_rate=learning_rate,
+            first_frame_conditioning_p=first_frame_conditioning_p, trigger_phrase=trigger_phrase,
+            validation_negative_prompt=validation_negative_prompt,
+            validation_number_of_frames=validation_number_of_frames, validation_frame_rate=validation_frame_rate,
+            validation_resolution=validation_resolution, validation_aspect_ratio=validation_aspect_ratio,
+            generate_audio_in_validation=generate_audio_in_validation, stg_scale=stg_scale, seed=seed,
+        ),
     }
-    if trigger_phrase is not None:
-        fields["trigger_phrase"] = trigger_phrase
-    if validation_negative_prompt is not None:
-        fields["validation_negative_prompt"] = validation_negative_prompt
     training_input = validate_input(fields)
 
     settings = get_settings()
@@ -167,12 +180,13 @@ def sample(
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     text_encoder: Annotated[str | None, typer.Option(help=TEXT_ENCODER_HELP)] = None,
     image: Annotated[Path | None, typer.Option(help="First-frame image (image-to-video).")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
-    number_of_frames: Annotated[int, typer.Option(help="Frames (8n+1).")] = 89,
-    frame_rate: Annotated[int, typer.Option(help="Frames per second.")] = 25,
-    resolution: Annotated[ResolutionChoice, typer.Option()] = ResolutionChoice.high,
-    aspect_ratio: Annotated[AspectChoice, typer.Option()] = AspectChoice.square,
-    stg_scale: Annotated[float, typer.Option(help="Spatio-temporal guidance scale.")] = 1.0,
+    # Left out, a sample is made as a validation sample would be: the schema's validation defaults.
+    negative_prompt: Annotated[str | None, input_option("validation_negative_prompt", "Negative prompt.")] = None,
+    number_of_frames: Annotated[int | None, input_option("validation_number_of_frames", "Frames (8n+1).")] = None,
+    frame_rate: Annotated[int | None, input_option("validation_frame_rate", "Frames per second.")] = None,
+    resolution: Annotated[ResolutionChoice | None, input_option("validation_resolution", "Resolution.")] = None,
+    aspect_ratio: Annotated[AspectChoice | None, input_option("validation_aspect_ratio", "Aspect ratio.")] = None,
+    stg_scale: Annotated[float | None, input_option("stg_scale", "Spatio-temporal guidance scale.")] = None,
     audio: Annotated[bool, typer.Option(help="Keep the generated audio.")] = True,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 42,
 ) -> None:
@@ -182,12 +196,14 @@ def sample(
     to it) is refused before the model is loaded."""
     from ltx2trainer.model.identity import describe_model
     from ltx2trainer.model.lora import read_lora_base_model, version_mismatch
-    from ltx2trainer.schemas import DEFAULT_NEGATIVE_PROMPT, frame_size, nearest_valid_frame_count
+    from ltx2trainer.schemas import frame_size, nearest_valid_frame_count
 
-    frames = nearest_valid_frame_count(number_of_frames)
-    if frames != number_of_frames:
-        console.print(f"[yellow]note:[/] number-of-frames {number_of_frames} → {frames} (must be 8n+1)")
-    width, height = frame_size(resolution.value, aspect_ratio.value)
+    requested = given_or_default(number_of_frames, "validation_number_of_frames")
+    frames = nearest_valid_frame_count(requested)
+    if frames != requested:
+        console.print(f"[yellow]note:[/] number-of-frames {requested} → {frames} (must be 8n+1)")
+    width, height = frame_size(given_or_default(resolution, "validation_resolution"),
+                               given_or_default(aspect_ratio, "validation_aspect_ratio"))
     settings = get_settings()
     model = model or settings.model
     text_encoder = text_encoder or settings.text_encoder or None
@@ -205,7 +221,7 @@ def sample(
                 console.print(f"[red]error:[/] {mismatch}")
                 raise typer.Exit(1)
         from ltx2trainer.model.presets import load_model  # torch and diffusers: after the quick checks
-        from ltx2trainer.pipeline.validate import sample_video
+        from ltx2trainer.pipeline.validate import SampleSpec, sample_video
 
         components = load_model(model, text_encoder=text_encoder)
     except UserInputError as exc:
@@ -213,28 +229,28 @@ def sample(
         raise typer.Exit(1) from None
     if lora is not None:
         components.pipeline().load_lora_weights(str(lora))
-    path = sample_video(
-        components, prompt, out, negative_prompt=negative_prompt or DEFAULT_NEGATIVE_PROMPT, num_frames=frames,
-        frame_rate=frame_rate, width=width, height=height, stg_scale=stg_scale, image=image, seed=seed,
-        generate_audio=audio,
-    )
+    spec = SampleSpec(number_of_frames=frames, frame_rate=given_or_default(frame_rate, "validation_frame_rate"),
+                      width=width, height=height, stg_scale=given_or_default(stg_scale, "stg_scale"), seed=seed)
+    path = sample_video(components, prompt, out, spec,
+                        negative_prompt=given_or_default(negative_prompt or None, "validation_negative_prompt"),
+                        image=image, generate_audio=audio)
     console.print(f"video: {path}")
 
 
-def _prepared_options(dataset: Path) -> dict[str, Any]:
-    """The dataset fields a prepared folder was made with (from its report.json)."""
-    report_file = dataset / "report.json"
-    if not (dataset / "manifest.jsonl").exists() or not report_file.exists():
+def _prepared_dataset_fields(dataset: Path) -> dict[str, Any]:
+    """The input's dataset fields the folder was prepared with, as its report.json recorded them."""
+    from ltx2trainer.pipeline.preprocess.manifest import MANIFEST_NAME, REPORT_NAME
+    from ltx2trainer.pipeline.preprocess.report import PrepareReport
+
+    if not (dataset / MANIFEST_NAME).exists() or not (dataset / REPORT_NAME).exists():
         console.print(f"[red]error:[/] {dataset} is not a prepared dataset (run `ltx2trainer prepare` first)")
         raise typer.Exit(1)
-    options = json.loads(report_file.read_text(encoding="utf-8"))["options"]
-    keep = ("number_of_frames", "frame_rate", "with_audio", "audio_normalize", "audio_preserve_pitch",
-            "trigger_phrase", "auto_scale_input", "split_input_into_scenes", "split_input_duration_threshold")
-    prepared = {key: options[key] for key in keep}
-    for (resolution, aspect_ratio), size in RESOLUTION_PRESETS.items():
-        if size == (options["width"], options["height"]):
-            prepared.update(resolution=resolution, aspect_ratio=aspect_ratio)
-    return prepared
+    try:
+        return PrepareReport.read(dataset).dataset_fields()
+    except ValueError as exc:  # not JSON, or not a report (pydantic's ValidationError is a ValueError)
+        console.print(f"[red]error:[/] {dataset / REPORT_NAME} cannot be read ({str(exc).splitlines()[0]}); "
+                      "run `ltx2trainer prepare` again")
+        raise typer.Exit(1) from None
 
 
 class StepsPerSecondColumn(ProgressColumn):

@@ -305,7 +305,7 @@ def measure_tiny_validate(version: str, *, frames: int, width: int, height: int,
     decode) with a LoRA and its AdamW state resident, as at a validation point of a run."""
     from PIL import Image
 
-    from ltx2trainer.pipeline.validate import EncodedPrompt, encode_prompt_texts, generate_sample
+    from ltx2trainer.pipeline.validate import EncodedPrompt, SampleSpec, encode_prompt_texts, generate_sample
 
     components = tiny_components(version)
     parameters = attach_lora(components.transformer, rank)
@@ -322,8 +322,8 @@ def measure_tiny_validate(version: str, *, frames: int, width: int, height: int,
         baseline = tracker.live
         # On a GPU the prompts held on the host are copied to the device for the sample: fresh tensors.
         on_device = [EncodedPrompt(p.embeds.clone(), p.mask.clone()) for p in (positive, negative)]
-        generate_sample(components, on_device[0], negative_prompt=on_device[1], num_frames=frames, frame_rate=25,
-                        width=width, height=height, stg_scale=stg_scale, image=picture, output_type="np")
+        spec = SampleSpec(number_of_frames=frames, frame_rate=25, width=width, height=height, stg_scale=stg_scale)
+        generate_sample(components, on_device[0], spec, negative_prompt=on_device[1], image=picture, output_type="np")
     return Measured(baseline, tracker.peak, {"weights": storage_bytes(*resident),
                                              "optimizer": storage_bytes(optimizer.state_dict()["state"])})
 

@@ -29,7 +29,7 @@ def test_kind_comes_from_the_content_not_the_extension(tmp_path, prepare):
     shutil.copy(disguised, tmp_path / "disguised.MP4")
     archive = make_zip(tmp_path / "set.zip", {"a.png": disguised, "b.MP4": tmp_path / "disguised.MP4"})
     result = prepare(archive)
-    assert result.report["kind"] == "image"
+    assert result.report.kind == "image"
     assert sorted(row.source for row in result.rows) == ["a.png", "b.MP4"]
     assert all(row.kind == "image" and row.frames == 1 for row in result.rows)
 
@@ -68,9 +68,9 @@ def test_unreadable_files_are_skipped_and_listed(tmp_path, prepare):
     })
     result = prepare(archive)
     assert [row.source for row in result.rows] == ["good.mp4"]
-    skipped = {s["source"]: s for s in result.report["skipped"]}
+    skipped = {s.source: s for s in result.report.skipped}
     assert set(skipped) == {"broken.mp4", "half.mp4"}
-    assert all(s["reason"] == "unreadable" and s["detail"] for s in skipped.values())
+    assert all(s.reason == "unreadable" and s.detail for s in skipped.values())
 
 
 def test_nothing_readable_is_refused_naming_the_files(tmp_path, prepare):
@@ -94,7 +94,7 @@ def test_junk_and_non_media_files_are_ignored_and_reported(tmp_path, prepare):
     })
     result = prepare(archive)
     assert [row.source for row in result.rows] == ["clip.mp4"]
-    ignored = {entry["path"]: entry["reason"] for entry in result.report["ignored"]}
+    ignored = {entry.path: entry.reason for entry in result.report.ignored}
     assert "notes.docx" in ignored and "orphan.txt" in ignored
     assert any("__MACOSX" in path for path in ignored) and any(".DS_Store" in path for path in ignored)
 
@@ -134,7 +134,7 @@ def test_caption_warnings_reach_the_report(tmp_path, prepare):
     archive = make_zip(tmp_path / "set.zip", {"c.mp4": clip, "c.txt": "naïve café déjà vu".encode("cp1252")})
     result = prepare(archive)
     assert result.rows[0].caption == "naïve café déjà vu"
-    assert result.report["warnings"][0]["source"] == "c.txt"
+    assert result.report.warnings[0].source == "c.txt"
 
 
 def test_trigger_phrase_is_prepended_with_one_space():

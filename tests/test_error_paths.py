@@ -167,8 +167,8 @@ def test_a_prepare_reports_skipped_clips_without_server_paths(tmp_path, prepare)
     make_video(folder / "good.mp4", seconds=1.0, size=(160, 120))
     (folder / "broken.mp4").write_bytes(b"garbage, not a video")
     result = prepare(folder)
-    [skipped] = result.report["skipped"]
-    assert skipped["source"] == "broken.mp4" and str(tmp_path) not in skipped["detail"]
+    [skipped] = result.report.skipped
+    assert skipped.source == "broken.mp4" and str(tmp_path) not in skipped.detail
 
 
 # --- the gateway: /health and estimates --------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_each_scene_becomes_a_sample_with_the_source_caption(tmp_path, prepare, 
     result = prepare(archive, number_of_frames=25, split_input_duration_threshold=5.0, trigger_phrase="TOK")
     # The 1.4 s scene is long enough for 25 frames at 25 fps (1.0 s) too.
     assert len(result.rows) == 4
-    assert result.report["counts"]["scenes"] == 4
+    assert result.report.counts.scenes == 4
     assert [row.id.rsplit("-", 1)[1] for row in result.rows] == ["scene001", "scene002", "scene003", "scene004"]
     assert {row.caption for row in result.rows} == {"TOK four patterns"}
     assert [row.scene[0] for row in result.rows[1:]] == pytest.approx(expected_cuts(), abs=1 / FPS)
@@ -66,17 +66,17 @@ def test_scenes_too_short_are_dropped_and_reported(tmp_path, prepare, four_scene
     # 49 frames at 25 fps need 1.96 s: the 1.4 s scene cannot give them.
     result = prepare(archive, number_of_frames=49, split_input_duration_threshold=5.0)
     assert len(result.rows) == 3
-    [skipped] = result.report["skipped"]
-    assert skipped["reason"] == "too_short"
-    assert skipped["scene"][0] == pytest.approx(5.6, abs=1 / FPS)
-    assert "scene lasts 1.4" in skipped["detail"]
+    [skipped] = result.report.skipped
+    assert skipped.reason == "too_short"
+    assert skipped.scene[0] == pytest.approx(5.6, abs=1 / FPS)
+    assert "scene lasts 1.4" in skipped.detail
 
 
 def test_auto_scale_keeps_short_scenes(tmp_path, prepare, four_scene_video):
     archive = make_zip(tmp_path / "s.zip", {"cuts.mp4": four_scene_video})
     result = prepare(archive, number_of_frames=49, split_input_duration_threshold=5.0, auto_scale_input=True)
     assert len(result.rows) == 4 and all(row.frames == 49 for row in result.rows)
-    assert result.report["skipped"] == []
+    assert result.report.skipped == []
 
 
 def test_videos_under_the_threshold_or_with_splitting_off_stay_whole(tmp_path, prepare, four_scene_video):
@@ -86,7 +86,7 @@ def test_videos_under_the_threshold_or_with_splitting_off_stay_whole(tmp_path, p
                   split_input_into_scenes=False)
     for result in (under, off):
         [row] = result.rows
-        assert row.scene is None and result.report["counts"]["scenes"] == 0
+        assert row.scene is None and result.report.counts.scenes == 0
 
 
 def test_a_long_video_without_cuts_stays_one_sample(tmp_path, prepare):

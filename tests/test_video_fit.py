@@ -99,9 +99,9 @@ def test_short_clips_are_skipped_and_reported(tmp_path, prepare):
     long = make_video(tmp_path / "long.mp4", seconds=1.5)
     result = prepare(make_zip(tmp_path / "s.zip", {"short.mp4": short, "long.mp4": long}), number_of_frames=25)
     assert [row.source for row in result.rows] == ["long.mp4"]
-    [skipped] = result.report["skipped"]
-    assert skipped["source"] == "short.mp4" and skipped["reason"] == "too_short"
-    assert re.search(r"lasts 0\.5\d s", skipped["detail"]) and "25 frames (1.00 s) needed" in skipped["detail"]
+    [skipped] = result.report.skipped
+    assert skipped.source == "short.mp4" and skipped.reason == "too_short"
+    assert re.search(r"lasts 0\.5\d s", skipped.detail) and "25 frames (1.00 s) needed" in skipped.detail
 
 
 @pytest.mark.parametrize("source_s", [0.5, 2.0])

@@ -22,11 +22,12 @@ from accelerate import Accelerator
 from ltx2trainer.errors import JobCancelled
 from ltx2trainer.model.lora import check_lora_state
 from ltx2trainer.model.presets import load_model
-from ltx2trainer.pipeline.encode import cache_dir_for, encode_dataset, silence_latents
+from ltx2trainer.pipeline.encode import encode_dataset, silence_latents
 from ltx2trainer.pipeline.export import ExportedLora, export_lora
 from ltx2trainer.pipeline.preprocess.manifest import read_manifest
 from ltx2trainer.pipeline.validate import ValidationSettings, Validator
 from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.training.cache import cache_dir_for
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.trainer import StepInfo, TrainConfig, check_train_config, train_lora
 
@@ -57,18 +58,12 @@ class TrainingRunResult:
 def train_config_for(training_input: TrainingInput, **overrides) -> TrainConfig:
     """The engine's configuration for a request (intervals scale with the number of steps)."""
     steps = training_input.number_of_steps
-    values = {
-        "number_of_steps": steps,
-        "learning_rate": training_input.learning_rate,
-        "rank": training_input.rank,
-        "first_frame_conditioning_p": training_input.first_frame_conditioning_p,
-        "seed": training_input.seed or 0,
+    settings = {
         "checkpoint_every": CHECKPOINT_EVERY_STEPS if steps > CHECKPOINT_EVERY_STEPS else 0,
         "validation_every": max(steps // VALIDATION_POINTS, 1),
         "gradient_checkpointing": torch.cuda.is_available(),
     }
-    values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_input(training_input, **{**settings, **overrides})
 
 
 def training_summary(losses: list[float], steps: int, processes: int, samples: int, has_audio: bool,

@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +43,36 @@ VAE_SPATIAL_FACTOR = 32
 
 
 @dataclass(frozen=True)
-class ValidationSettings:
-    """What to sample at each validation. `images` are local files (None for text-to-video; all or none)."""
+class SampleSpec:
+    """What a sample is, whatever its prompt: length, rate and size (checked here: 8n+1 frames, multiples
+    of 32 pixels), guidance, seed and steps. One object from the request (or `ltx2trainer sample`) down to
+    the pipeline call, which alone spells `number_of_frames` as diffusers does (`num_frames`)."""
 
-    prompts: list[str]
-    images: list[Path | None]
-    negative_prompt: str
-    num_frames: int
+    number_of_frames: int
     frame_rate: int
     width: int
     height: int
     stg_scale: float
-    generate_audio: bool
     seed: int = DEFAULT_SEED
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # video CFG; audio uses the pipeline's defaults
     num_inference_steps: int | None = None  # None: the model's `inference_steps`
+
+    def __post_init__(self) -> None:
+        check_sample_size(self.number_of_frames, self.width, self.height)
+        if self.frame_rate <= 0:
+            raise ValueError(f"frame rate must be positive, got {self.frame_rate}")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """What to sample at each validation: every prompt with `sample` (prompt i with seed `sample.seed + i`).
+    `images` are local files (None for text-to-video; all or none)."""
+
+    prompts: list[str]
+    images: list[Path | None]
+    negative_prompt: str
+    sample: SampleSpec
+    generate_audio: bool
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.prompts):
@@ -65,9 +80,6 @@ class ValidationSettings:
         with_image = [image is not None for image in self.images]
         if any(with_image) and not all(with_image):
             raise ValueError("validation images must be given for all prompts or for none")
-        check_sample_size(self.num_frames, self.width, self.height)
-        if self.frame_rate <= 0:
-            raise ValueError(f"frame rate must be positive, got {self.frame_rate}")
 
     @classmethod
     def from_input(cls, training_input: TrainingInput, images: list[Path | None] | None = None
@@ -81,19 +93,19 @@ class ValidationSettings:
             if (entry.image_url is None) != (image is None):
                 raise ValueError(f"validation entry {i}: image_url and the downloaded image must go together")
         width, height = training_input.validation_frame_size
+        sample = SampleSpec(number_of_frames=training_input.validation_number_of_frames,
+                            frame_rate=training_input.validation_frame_rate, width=width, height=height,
+                            stg_scale=training_input.stg_scale)
         return cls(
             prompts=[entry.prompt for entry in entries], images=images,
-            negative_prompt=training_input.validation_negative_prompt,
-            num_frames=training_input.validation_number_of_frames,
-            frame_rate=training_input.validation_frame_rate,
-            width=width, height=height, stg_scale=training_input.stg_scale,
+            negative_prompt=training_input.validation_negative_prompt, sample=sample,
             generate_audio=training_input.generate_audio_in_validation,
         )
 
 
-def check_sample_size(num_frames: int, width: int, height: int) -> None:
-    if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_FACTOR:
-        raise ValueError(f"frame count must be 8n+1, got {num_frames}")
+def check_sample_size(number_of_frames: int, width: int, height: int) -> None:
+    if number_of_frames < 1 or (number_of_frames - 1) % VAE_TEMPORAL_FACTOR:
+        raise ValueError(f"frame count must be 8n+1, got {number_of_frames}")
     if width <= 0 or height <= 0 or width % VAE_SPATIAL_FACTOR or height % VAE_SPATIAL_FACTOR:
         raise ValueError(f"width and height must be positive multiples of 32, got {width}x{height}")
 
@@ -188,25 +200,17 @@ def _sampling(transformer: torch.nn.Module, device: torch.device) -> Iterator[No
 def generate_sample(
     components: ModelComponents,
     prompt: str | EncodedPrompt,
+    spec: SampleSpec,
     *,
     negative_prompt: str | EncodedPrompt,
-    num_frames: int,
-    frame_rate: int,
-    width: int,
-    height: int,
-    stg_scale: float,
     image: Path | Image.Image | None = None,
-    seed: int = DEFAULT_SEED,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    num_inference_steps: int | None = None,
     image_crf: int | None = None,
     output_type: str = "np",
 ) -> GeneratedSample:
-    """One sample with the current transformer (and its LoRA). Text prompts are encoded here (needs the
-    text encoder); pass `EncodedPrompt`s to sample without it. `image` makes it image-to-video; its H.264
-    re-compression CRF defaults to the one diffusers picks for the loaded text encoder."""
-    check_sample_size(num_frames, width, height)
-    ensure_stg_ready(components, stg_scale)
+    """One sample as `spec` says, with the current transformer (and its LoRA). Text prompts are encoded here
+    (needs the text encoder); pass `EncodedPrompt`s to sample without it. `image` makes it image-to-video;
+    its H.264 re-compression CRF defaults to the one diffusers picks for the loaded text encoder."""
+    ensure_stg_ready(components, spec.stg_scale)
     texts = [p for p in (prompt, negative_prompt) if isinstance(p, str)]
     encoded = iter(encode_prompt_texts(components, texts) if texts else [])
     positive = prompt if isinstance(prompt, EncodedPrompt) else next(encoded)
@@ -220,7 +224,7 @@ def generate_sample(
     pipe.set_progress_bar_config(disable=True)
     extra: dict[str, Any] = {}
     if image is not None:
-        extra["image"] = fitted_image(image, width, height)
+        extra["image"] = fitted_image(image, spec.width, spec.height)
         extra["image_crf"] = image_crf if image_crf is not None else resolve_default_image_crf(
             components.text_encoder)
     with _sampling(components.transformer, device):
@@ -229,12 +233,12 @@ def generate_sample(
             prompt_embeds=positive.embeds.to(device, dtype), prompt_attention_mask=positive.mask.to(device),
             negative_prompt_embeds=negative.embeds.to(device, dtype),
             negative_prompt_attention_mask=negative.mask.to(device),
-            num_frames=num_frames, frame_rate=frame_rate, width=width, height=height,
-            num_inference_steps=num_inference_steps or components.inference_steps,
-            guidance_scale=guidance_scale, stg_scale=stg_scale, audio_stg_scale=stg_scale,
+            num_frames=spec.number_of_frames, frame_rate=spec.frame_rate, width=spec.width, height=spec.height,
+            num_inference_steps=spec.num_inference_steps or components.inference_steps,
+            guidance_scale=spec.guidance_scale, stg_scale=spec.stg_scale, audio_stg_scale=spec.stg_scale,
             spatio_temporal_guidance_blocks=list(components.stg_blocks),
             max_sequence_length=components.max_sequence_length,
-            generator=torch.Generator("cpu").manual_seed(seed),  # same noise on every device
+            generator=torch.Generator("cpu").manual_seed(spec.seed),  # same noise on every device
             output_type=output_type, return_dict=True,
         )
     sample_rate = components.vocoder.config.output_sampling_rate
@@ -248,31 +252,21 @@ def sample_video(
     components: ModelComponents,
     prompt: str | EncodedPrompt,
     out_path: Path,
+    spec: SampleSpec,
     *,
     negative_prompt: str | EncodedPrompt,
-    num_frames: int,
-    frame_rate: int,
-    width: int,
-    height: int,
-    stg_scale: float,
     image: Path | Image.Image | None = None,
-    seed: int = DEFAULT_SEED,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    num_inference_steps: int | None = None,
     generate_audio: bool = True,
     image_crf: int | None = None,
 ) -> Path:
-    """`generate_sample` written as an H.264 MP4 at `frame_rate`, with its stereo audio (AAC, lasting
-    exactly the video's duration) when `generate_audio`, no audio stream otherwise."""
-    sample = generate_sample(
-        components, prompt, negative_prompt=negative_prompt, num_frames=num_frames, frame_rate=frame_rate,
-        width=width, height=height, stg_scale=stg_scale, image=image, seed=seed,
-        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, image_crf=image_crf,
-    )
+    """`generate_sample` written as an H.264 MP4 at the spec's frame rate, with its stereo audio (AAC,
+    lasting exactly the video's duration) when `generate_audio`, no audio stream otherwise."""
+    sample = generate_sample(components, prompt, spec, negative_prompt=negative_prompt, image=image,
+                             image_crf=image_crf)
     frames = np.clip(np.rint(sample.video * 255.0), 0, 255).astype(np.uint8)
     audio = sample.audio if generate_audio else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(out_path, frames, frame_rate, audio, sample.sample_rate)
+    return write_video(out_path, frames, spec.frame_rate, audio, sample.sample_rate)
 
 
 @dataclass(frozen=True)
@@ -283,7 +277,7 @@ class ValidationClip:
     prompt_index: int
     prompt: str
     path: Path
-    num_frames: int
+    number_of_frames: int
     frame_rate: int
     has_audio: bool
 
@@ -306,7 +300,7 @@ class Validator:
         self._prompts, self._negative = encoded[:-1], encoded[-1]
         # Resolved now: it depends on the text encoder's generation, and the encoder may be freed later.
         self._image_crf = resolve_default_image_crf(components.text_encoder)
-        self._images = [None if image is None else fitted_image(image, settings.width, settings.height)
+        self._images = [None if image is None else fitted_image(image, settings.sample.width, settings.sample.height)
                         for image in settings.images]
 
     @property
@@ -319,7 +313,7 @@ class Validator:
     def check_transformer(self) -> None:
         """Make STG real on the (possibly just loaded) transformer; the prompts were encoded without it."""
         if not self._transformer_checked:
-            ensure_stg_ready(self.components, self.settings.stg_scale)
+            ensure_stg_ready(self.components, self.settings.sample.stg_scale)
             self._transformer_checked = True
 
     def __call__(self, step: int) -> list[Path]:
@@ -329,14 +323,11 @@ class Validator:
         paths = []
         entries = zip(settings.prompts, self._prompts, self._images, strict=True)
         for i, (text, encoded, image) in enumerate(entries):
-            path = sample_video(
-                self.components, encoded, self.clip_path(step, i), negative_prompt=self._negative,
-                num_frames=settings.num_frames, frame_rate=settings.frame_rate, width=settings.width,
-                height=settings.height, stg_scale=settings.stg_scale, image=image, seed=settings.seed + i,
-                guidance_scale=settings.guidance_scale, num_inference_steps=settings.num_inference_steps,
-                generate_audio=settings.generate_audio, image_crf=self._image_crf,
-            )
-            clip = ValidationClip(step, i, text, path, settings.num_frames, settings.frame_rate,
+            spec = replace(settings.sample, seed=settings.sample.seed + i)  # prompts differ in noise too
+            path = sample_video(self.components, encoded, self.clip_path(step, i), spec,
+                                negative_prompt=self._negative, image=image, generate_audio=settings.generate_audio,
+                                image_crf=self._image_crf)
+            clip = ValidationClip(step, i, text, path, spec.number_of_frames, spec.frame_rate,
                                   settings.generate_audio)
             self.clips = [c for c in self.clips if (c.step, c.prompt_index) != (step, i)] + [clip]
             paths.append(path)

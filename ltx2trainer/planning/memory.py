@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ltx2trainer.planning.dims import ModelDims
-from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.schemas import TrainingInput, frame_size, input_default
 
 GIB = 2**30
 Precision = Literal["fp32", "bf16", "int8", "fp8"]
@@ -93,20 +93,26 @@ ALLOCATOR_SLACK = 0.08
 _ADAMW8BIT_BLOCK = 256  # bitsandbytes' blockwise 8-bit state: one fp32 absmax per 256 values, per moment
 
 
+_TRAIN_SIZE = frame_size(input_default("resolution"), input_default("aspect_ratio"))
+_VALIDATION_SIZE = frame_size(input_default("validation_resolution"), input_default("validation_aspect_ratio"))
+
+
 @dataclass(frozen=True)
 class MemoryRequest:
-    """What of a training request decides memory (see `from_input`)."""
+    """What of a training request decides memory (see `from_input`), in the units the model works in. The
+    defaults (for the planner's own studies) are the schema's, read from it, with one text-to-video
+    validation prompt: a request without validation needs less, so planning with one is the safe side."""
 
-    frames: int = 89
-    width: int = 768
-    height: int = 768
-    frame_rate: float = 25.0
-    rank: int = 32
+    frames: int = input_default("number_of_frames")
+    width: int = _TRAIN_SIZE[0]
+    height: int = _TRAIN_SIZE[1]
+    frame_rate: float = float(input_default("frame_rate"))
+    rank: int = input_default("rank")
     validation: bool = True  # any validation prompt
-    validation_frames: int = 89
-    validation_width: int = 960
-    validation_height: int = 960
-    validation_frame_rate: float = 25.0
+    validation_frames: int = input_default("validation_number_of_frames")
+    validation_width: int = _VALIDATION_SIZE[0]
+    validation_height: int = _VALIDATION_SIZE[1]
+    validation_frame_rate: float = float(input_default("validation_frame_rate"))
     validation_images: bool = False  # image-to-video: per-token timesteps
 
     @classmethod

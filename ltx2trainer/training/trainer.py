@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from ltx2trainer.errors import UserInputError
+from ltx2trainer.hashing import fingerprint
 from ltx2trainer.model.components import ModelComponents
 from ltx2trainer.model.lora import LORA_TARGET_MODULES, attach_lora, load_lora_state, lora_state_dict
 from ltx2trainer.model.quantize import (
@@ -32,7 +34,7 @@ from ltx2trainer.model.quantize import (
     quantized_parameter_names,
     weight_bytes,
 )
-from ltx2trainer.pipeline.preprocess.manifest import fingerprint
+from ltx2trainer.schemas import TrainingInput, input_default
 from ltx2trainer.training.checkpoint import Checkpoint, latest_resumable, load_checkpoint, save_checkpoint
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.flow import AudioSigmaMode, FlowStep, flow_matching_loss, prepare_flow_step
@@ -59,13 +61,16 @@ class TrainConfig:
     checkpoints count optimizer steps. `base_precision` stores the frozen transformer's Linear weights as
     loaded ("bf16": whatever dtype the model was loaded in) or weight-only "int8" / "fp8"
     (`model/quantize.py`); the LoRA trains in fp32 either way.
+
+    A request's configuration comes from `from_input`; the defaults of the fields a request sets are the
+    schema's (read from it, not restated), for library use.
     """
 
     number_of_steps: int
-    learning_rate: float = 2e-4
-    rank: int = 32
-    first_frame_conditioning_p: float = 0.5
-    seed: int = 0
+    learning_rate: float = input_default("learning_rate")
+    rank: int = input_default("rank")
+    first_frame_conditioning_p: float = input_default("first_frame_conditioning_p")
+    seed: int = 0  # a request without a seed trains with 0
     batch_size: int = 1
     max_grad_norm: float = 1.0
     final_lr_fraction: float = 0.1
@@ -84,6 +89,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("batch_size and gradient_accumulation_steps must be at least 1")
+
+    @classmethod
+    def from_input(cls, training_input: TrainingInput, **overrides: Any) -> TrainConfig:
+        """The request's training fields, under the same names, plus `overrides`: the fields a request has no
+        say in (intervals, base precision, optimizer, ...), or a caller's own (a test's shorter run)."""
+        request = {"number_of_steps": training_input.number_of_steps, "learning_rate": training_input.learning_rate,
+                   "rank": training_input.rank, "seed": training_input.seed or 0,
+                   "first_frame_conditioning_p": training_input.first_frame_conditioning_p}
+        return cls(**{**request, **overrides})
 
     @property
     def effective_batch_size(self) -> int:

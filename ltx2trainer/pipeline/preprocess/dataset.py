@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import av
 
 from ltx2trainer.errors import UserInputError
+from ltx2trainer.hashing import fingerprint
 from ltx2trainer.pipeline.extract import IgnoredEntry
 from ltx2trainer.pipeline.preprocess.audio import AUDIO_SAMPLE_RATE_HZ
 from ltx2trainer.pipeline.preprocess.captions import read_caption, with_trigger
@@ -32,7 +33,7 @@ from ltx2trainer.pipeline.preprocess.manifest import (
     STATE_DIR_NAME,
     ManifestRow,
     PrepareOptions,
-    fingerprint,
+    dataset_fields,
     write_json_atomically,
     write_manifest,
 )
@@ -51,10 +52,21 @@ from ltx2trainer.pipeline.preprocess.parallel import (
     make_executor,
     run_parallel,
 )
-from ltx2trainer.pipeline.preprocess.report import PrepareReport, PrepareResult
+from ltx2trainer.pipeline.preprocess.report import (
+    AudioDecision,
+    IgnoredFile,
+    PrepareError,
+    PrepareReport,
+    PrepareResult,
+    PrepareWarning,
+)
 from ltx2trainer.pipeline.preprocess.scenes import detect_scenes
+from ltx2trainer.schemas import TrainingInput
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def prepare_dataset(
@@ -64,44 +76,61 @@ def prepare_dataset(
     *,
     workers: int = 1,
     upstream_ignored: Iterable[IgnoredEntry] = (),
-    adjustments: Iterable[dict[str, Any]] = (),
+    training_input: TrainingInput | None = None,
     on_progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> PrepareResult:
     """Turn the user's files under `source_dir` into a processed dataset in `out_dir`.
 
+    `training_input`: the request the options were made from (`PrepareOptions.from_input`); its dataset
+    fields and adjustments are recorded in report.json, for `train` on the folder to carry.
     Raises UserInputError (after writing report.json) when the set cannot train: mixed kinds, no usable
     media, too many files, forced audio missing, or no clip long enough.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     # A manifest from an earlier run must not outlive a run that fails: it no longer describes the folder.
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    report = PrepareReport(options=options, adjustments=list(adjustments))
-    report.ignored = [{"path": e.path, "reason": e.reason} for e in upstream_ignored]
+    report = PrepareReport(options=options)
+    if training_input is not None:
+        report.training_input = dataset_fields(training_input)
+        report.adjustments = training_input.adjustments
+    report.ignored = [IgnoredFile(path=e.path, reason=e.reason) for e in upstream_ignored]
     try:
         with make_executor(workers) as executor:
-            rows = _prepare(source_dir, out_dir, options, report, executor, on_progress, cancel)
+            rows = _prepare(_PrepareRun(source_dir, out_dir, options, report, executor, on_progress, cancel))
     except UserInputError as exc:
-        report.error = {"code": exc.code, "message": exc.message}
+        report.error = PrepareError(code=exc.code, message=exc.message)
         write_json_atomically(out_dir / REPORT_NAME, report.as_dict())
         raise
     write_manifest(out_dir, rows)
     write_json_atomically(out_dir / REPORT_NAME, report.as_dict())
-    return PrepareResult(out_dir=out_dir, rows=rows, report=report.as_dict())
+    return PrepareResult(out_dir=out_dir, rows=rows, report=report)
 
 
-def _prepare(
-    source_dir: Path,
-    out_dir: Path,
-    options: PrepareOptions,
-    report: PrepareReport,
-    executor: Executor,
-    on_progress: ProgressCallback | None,
-    cancel: CancelCheck | None,
-) -> list[ManifestRow]:
+@dataclass(frozen=True)
+class _PrepareRun:
+    """One run of preparation, as the steps below need it: from where to where, with which options, the
+    report it fills, and how work is spread and watched (executor, progress, cancel)."""
+
+    source_dir: Path
+    out_dir: Path
+    options: PrepareOptions
+    report: PrepareReport
+    executor: Executor
+    on_progress: ProgressCallback | None
+    cancel: CancelCheck | None
+
+    def parallel(self, function: Callable[[T], R], items: list[T], stage: str, describe: Callable[[T], str]
+                 ) -> Iterator[tuple[T, R | BaseException]]:
+        """`run_parallel` on this run's executor, progress and cancel check."""
+        return run_parallel(self.executor, function, items, stage, describe, self.on_progress, self.cancel)
+
+
+def _prepare(run: _PrepareRun) -> list[ManifestRow]:
+    source_dir, out_dir, options, report = run.source_dir, run.out_dir, run.options, run.report
     found = discover(source_dir)
-    report.ignored += [{"path": e.path, "reason": e.reason} for e in found.ignored]
-    report.counts["media_files"] = len(found.media)
+    report.ignored += [IgnoredFile(path=e.path, reason=e.reason) for e in found.ignored]
+    report.counts.media_files = len(found.media)
     if len(found.media) > MAX_MEDIA_FILES:
         raise UserInputError(
             f"the dataset has {len(found.media)} media files; at most {MAX_MEDIA_FILES} are allowed",
@@ -117,7 +146,7 @@ def _prepare(
     # 1. Probe every file's content.
     infos: list[MediaInfo] = []
     probes = [(source_dir, rel) for rel in found.media]
-    for (_, rel), outcome in run_parallel(executor, _probe, probes, "probing", lambda p: p[1], on_progress, cancel):
+    for (_, rel), outcome in run.parallel(_probe, probes, "probing", lambda p: p[1]):
         if isinstance(outcome, UnreadableMedia):
             report.skip(rel, None, "unreadable", str(outcome))
         elif isinstance(outcome, BaseException):
@@ -128,16 +157,16 @@ def _prepare(
     if not infos:
         raise UserInputError(
             f"none of the {len(found.media)} media files could be read: "
-            + "; ".join(f"{s['source']} ({s['detail']})" for s in report.skipped[:5]),
+            + "; ".join(f"{s.source} ({s.detail})" for s in report.skipped[:5]),
             code="no_usable_media",
         )
     report.kind = _single_kind(infos)
-    report.counts["clips_in"] = len(infos)
+    report.counts.clips_in = len(infos)
     audio_on = _decide_audio(infos, report.kind, options, report)
-    captions = _read_captions(source_dir, infos, found.captions, options, report)
+    captions = _read_captions(run, infos, found.captions)
 
     # 2. Time windows: whole clips, or the scenes of long videos; too-short ones are reported and dropped.
-    windows = _plan_windows(source_dir, out_dir, infos, options, report, executor, on_progress, cancel)
+    windows = _plan_windows(run, infos)
 
     # 3. Make the samples, reusing those an earlier run finished with the same inputs and options.
     state_dir = out_dir / STATE_DIR_NAME / "samples"
@@ -153,14 +182,13 @@ def _prepare(
         done = _load_finished(state_dir / f"{task.sample_id}.json", stamp, out_dir)
         if done is not None:
             finished[task.sample_id] = done
-            report.counts["reused"] += 1
+            report.counts.reused += 1
         else:
             pending[task.sample_id] = (task, stamp)
 
     by_id = {window.sample_id: window for window in windows}
     tasks = [task for task, _ in pending.values()]
-    for task, outcome in run_parallel(executor, make_sample, tasks, "fitting",
-                                      lambda t: by_id[t.sample_id].info.rel, on_progress, cancel):
+    for task, outcome in run.parallel(make_sample, tasks, "fitting", lambda t: by_id[t.sample_id].info.rel):
         window = by_id[task.sample_id]
         if isinstance(outcome, ClipTooShort):
             report.skip(window.info.rel, window.scene, "too_short", str(outcome))
@@ -178,7 +206,7 @@ def _prepare(
         _row(by_id[sample_id], media, captions[by_id[sample_id].info.rel], options)
         for sample_id, media in sorted(finished.items())
     ]
-    report.counts["samples_out"] = len(rows)
+    report.counts.samples_out = len(rows)
     if not rows:
         raise UserInputError(_nothing_usable_message(report, options), code="no_usable_clips")
     return rows
@@ -201,17 +229,9 @@ class _Window:
         return sample_id if self.scene_index is None else f"{sample_id}-scene{self.scene_index + 1:03d}"
 
 
-def _plan_windows(
-    source_dir: Path,
-    out_dir: Path,
-    infos: list[MediaInfo],
-    options: PrepareOptions,
-    report: PrepareReport,
-    executor: Executor,
-    on_progress: ProgressCallback | None,
-    cancel: CancelCheck | None,
-) -> list[_Window]:
-    scenes = _detect_long_video_scenes(source_dir, out_dir, infos, options, report, executor, on_progress, cancel)
+def _plan_windows(run: _PrepareRun, infos: list[MediaInfo]) -> list[_Window]:
+    options, report = run.options, run.report
+    scenes = _detect_long_video_scenes(run, infos)
     windows: list[_Window] = []
     for info in infos:
         if info.kind == "image":
@@ -220,7 +240,7 @@ def _plan_windows(
         video_scenes = scenes.get(info.rel, [])
         if len(video_scenes) > 1:
             report.scenes[info.rel] = video_scenes
-            report.counts["scenes"] += len(video_scenes)
+            report.counts.scenes += len(video_scenes)
             candidates = [_Window(info, scene, i, scene[0], scene[1]) for i, scene in enumerate(video_scenes)]
         else:
             candidates = [_Window(info, None, None, 0.0, info.duration_s or 0.0)]
@@ -239,20 +259,12 @@ def _plan_windows(
     return windows
 
 
-def _detect_long_video_scenes(
-    source_dir: Path,
-    out_dir: Path,
-    infos: list[MediaInfo],
-    options: PrepareOptions,
-    report: PrepareReport,
-    executor: Executor,
-    on_progress: ProgressCallback | None,
-    cancel: CancelCheck | None,
-) -> dict[str, list[tuple[float, float]]]:
+def _detect_long_video_scenes(run: _PrepareRun, infos: list[MediaInfo]) -> dict[str, list[tuple[float, float]]]:
     """Scene lists of the videos longer than the split threshold (when splitting is on), cached on disk."""
+    source_dir, options = run.source_dir, run.options
     if not options.split_input_into_scenes:
         return {}
-    cache_dir = out_dir / STATE_DIR_NAME / "scenes"
+    cache_dir = run.out_dir / STATE_DIR_NAME / "scenes"
     cache_dir.mkdir(parents=True, exist_ok=True)
     scenes: dict[str, list[tuple[float, float]]] = {}
     to_detect: list[tuple[Path, Path, str]] = []  # (video, cache file, rel)
@@ -264,32 +276,28 @@ def _detect_long_video_scenes(
             scenes[info.rel] = [tuple(scene) for scene in json.loads(cache.read_text(encoding="utf-8"))]
         else:
             to_detect.append((source_dir / info.rel, cache, info.rel))
-    for (_, cache, rel), outcome in run_parallel(executor, _detect, to_detect, "detecting scenes",
-                                                 lambda item: item[2], on_progress, cancel):
+    for (_, cache, rel), outcome in run.parallel(_detect, to_detect, "detecting scenes", lambda item: item[2]):
         if isinstance(outcome, BaseException):
-            report.warnings.append({"source": rel,
-                                    "message": f"scene detection failed; video kept whole: {short_error(outcome)}"})
+            run.report.warnings.append(PrepareWarning(
+                source=rel, message=f"scene detection failed; video kept whole: {short_error(outcome)}"))
             continue
         write_json_atomically(cache, outcome)
         scenes[rel] = outcome
     return scenes
 
 
-def _read_captions(
-    source_dir: Path, infos: list[MediaInfo], caption_files: dict[str, str], options: PrepareOptions,
-    report: PrepareReport,
-) -> dict[str, str]:
+def _read_captions(run: _PrepareRun, infos: list[MediaInfo], caption_files: dict[str, str]) -> dict[str, str]:
     """Final caption (trigger phrase included) per media file."""
     captions: dict[str, str] = {}
     for info in infos:
         caption_file = caption_files.get(caption_key(info.rel))
         text = ""
         if caption_file is not None:
-            caption = read_caption(source_dir / caption_file)
+            caption = read_caption(run.source_dir / caption_file)
             text = caption.text
             if caption.warning:
-                report.warnings.append({"source": caption_file, "message": caption.warning})
-        captions[info.rel] = with_trigger(text, options.trigger_phrase)
+                run.report.warnings.append(PrepareWarning(source=caption_file, message=caption.warning))
+        captions[info.rel] = with_trigger(text, run.options.trigger_phrase)
     return captions
 
 
@@ -299,10 +307,10 @@ def _decide_audio(infos: list[MediaInfo], kind: str, options: PrepareOptions, re
             raise UserInputError(
                 "with_audio is true but the dataset holds images, which carry no audio", code="audio_missing"
             )
-        report.audio = {"enabled": False, "reason": "images carry no audio"}
+        report.audio = AudioDecision(enabled=False, reason="images carry no audio")
         return False
     if options.with_audio is False:
-        report.audio = {"enabled": False, "reason": "with_audio is false"}
+        report.audio = AudioDecision(enabled=False, reason="with_audio is false")
         return False
     missing = [info.rel for info in infos if not info.has_audio]
     if missing and options.with_audio is True:
@@ -312,14 +320,14 @@ def _decide_audio(infos: list[MediaInfo], kind: str, options: PrepareOptions, re
             code="audio_missing",
         )
     if missing:
-        report.audio = {
-            "enabled": False,
-            "reason": f"{len(missing)} of {len(infos)} videos have no audio track (audio is used only if all do)",
-            "videos_without_audio": missing,
-        }
+        report.audio = AudioDecision(
+            enabled=False,
+            reason=f"{len(missing)} of {len(infos)} videos have no audio track (audio is used only if all do)",
+            videos_without_audio=missing,
+        )
         return False
-    report.audio = {"enabled": True, "reason": "every video has an audio track" if options.with_audio is None
-                    else "with_audio is true"}
+    report.audio = AudioDecision(enabled=True, reason="every video has an audio track" if options.with_audio is None
+                                 else "with_audio is true")
     return True
 
 
@@ -372,7 +380,7 @@ def _load_finished(record: Path, stamp: str, out_dir: Path) -> SampleMedia | Non
 def _nothing_usable_message(report: PrepareReport, options: PrepareOptions) -> str:
     reasons: dict[str, int] = {}
     for skipped in report.skipped:
-        reasons[skipped["reason"]] = reasons.get(skipped["reason"], 0) + 1
+        reasons[skipped.reason] = reasons.get(skipped.reason, 0) + 1
     text = "no training sample could be made: " + ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in reasons.items())
     if "too_short" in reasons:
         text += (
@@ -386,7 +394,7 @@ def _nothing_usable_message(report: PrepareReport, options: PrepareOptions) -> s
 def _ignored_hint(report: PrepareReport) -> str:
     if not report.ignored:
         return ""
-    names = ", ".join(entry["path"] for entry in report.ignored[:5])
+    names = ", ".join(entry.path for entry in report.ignored[:5])
     return f" (ignored: {names}{', …' if len(report.ignored) > 5 else ''})"
 
 
