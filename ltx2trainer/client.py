@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 
+from ltx2trainer.schemas import OUTPUT_FILES
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 DATA_URL_MAX_BYTES = 256 * 1024 * 1024
-OUTPUT_FILES = ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
 
 
 class ApiError(Exception):

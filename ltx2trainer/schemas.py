@@ -1,4 +1,4 @@
-"""The public contract: the training input schema, file objects and outputs.
+"""The public contract: the training input schema, file objects, outputs and progress.
 
 Field names, ranges and defaults match the hosted LTX-2 trainer so that existing requests validate
 unchanged. Validation is pure (no filesystem or network); whether `file:` URLs are acceptable is passed in
@@ -9,8 +9,9 @@ the validation context by the caller that knows its settings:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -284,6 +285,23 @@ class TrainingInput(StrictModel):
         """What validation changed (empty when the request was taken as given)."""
         return list(self._adjustments)
 
+    @classmethod
+    def from_job(cls, stored_input: dict[str, Any], adjustments: Iterable[Adjustment | dict[str, Any]], *,
+                 context: dict[str, Any] | None = None) -> TrainingInput:
+        """A job's input as the gateway stored it, carrying the adjustments the gateway recorded at submission.
+
+        The stored input is the already-adjusted one (90 frames stored as 89), so validating it again finds
+        nothing to adjust: the recorded adjustments are what the user's request was changed by, and they are
+        carried rather than re-derived, so that report.json and config.json say "90 → 89". One that only
+        this validation finds (an input stored unadjusted, as tests do) is kept after them.
+        """
+        training_input = cls.model_validate(stored_input, context=context)
+        recorded = [Adjustment.model_validate(adjustment) for adjustment in adjustments]
+        fields = {adjustment.field for adjustment in recorded}
+        training_input._adjustments = recorded + [found for found in training_input._adjustments
+                                                  if found.field not in fields]
+        return training_input
+
     @property
     def frame_size(self) -> tuple[int, int]:
         """Training (width, height) in pixels."""
@@ -295,6 +313,13 @@ class TrainingInput(StrictModel):
         return frame_size(self.validation_resolution, self.validation_aspect_ratio)
 
 
+def input_default(name: str) -> Any:
+    """The default of the `TrainingInput` field `name`. Stage options, CLI help and the planner read a default
+    from here instead of restating it, so that the schema stays the one place it is declared
+    (tests/test_contract.py fails on a restated one)."""
+    return TrainingInput.model_fields[name].get_default(call_default_factory=True)
+
+
 class File(BaseModel):
     """A downloadable output, in the hosted API's shape."""
 
@@ -304,23 +329,90 @@ class File(BaseModel):
     file_size: int
 
 
-class TrainingOutput(BaseModel):
-    """The result of a finished training (hosted field names; natives are optional extras)."""
+class StoredFile(BaseModel):
+    """An output file as the pipeline publishes it and the job stores it: a key in object storage. Responses
+    and webhooks show it as a `File` with a freshly signed URL (`storage.render_refs`), never the key."""
 
-    lora_file: File
-    config_file: File
-    video: File | None = None
-    debug_dataset: File | None = None
+    key: str
+    content_type: str
+    file_name: str
+    file_size: int  # bytes
+
+
+class TrainingMetrics(BaseModel):
+    """The summary of a training that ran to its end."""
+
+    steps: int
+    final_loss: float | None  # None only for a run that trained no step
+    training_seconds: float
+    samples: int  # training samples in the prepared dataset
+
+
+class CancelledTrainingMetrics(BaseModel):
+    """The summary of a training cancelled while it ran: its output is the LoRA of its last checkpoint."""
+
+    steps: int
+    cancelled_at_step: int  # the step of the checkpoint delivered
+
+
+class TrainingOutput(BaseModel):
+    """The result of a training: what the pipeline returns and the job stores (`model_dump(mode="json")`).
+
+    Hosted field names (`lora_file`, `config_file`, `video`, `debug_dataset`) plus native extras. Files are
+    `StoredFile` references here; every client sees each as a `File` (the same fields, with a URL for the key).
+    """
+
+    lora_file: StoredFile
+    config_file: StoredFile
+    video: StoredFile | None = None  # the last validation video, when validation prompts were given
+    debug_dataset: StoredFile | None = None  # the processed dataset as a zip, when `debug_dataset` was asked
+    lora_comfyui_file: StoredFile | None = None  # the LoRA in the original (ComfyUI, ltx-core) key layout
+    metrics: TrainingMetrics | CancelledTrainingMetrics | None = None
+
+
+# The output fields that hold a file (downloadable at /v1/trainings/{id}/files/{name}).
+OUTPUT_FILES: tuple[str, ...] = tuple(
+    name for name, field in TrainingOutput.model_fields.items()
+    if field.annotation is StoredFile or StoredFile in get_args(field.annotation)
+)
+
+
+class ProgressReport(BaseModel):
+    """A running job's progress as its worker reports it and the job stores it (JSON of this shape, plus the
+    store's own timestamps `updated_at` and `event_at`, which reading it back ignores). Before the first
+    report it holds step 0 (written at submit)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    step: int = 0  # training steps done
+    total_steps: int | None = None
+    loss: float | None = None  # of the latest step
+    lr: float | None = None  # learning rate of the latest step
+    eta_s: float | None = None  # seconds left at the recent speed
+    steps_per_s: float | None = None
+
+    @classmethod
+    def of_stored(cls, stored: dict[str, Any] | None) -> ProgressReport:
+        """The report a job stored (`JobRow.progress`; None before it has one)."""
+        return cls.model_validate(stored or {})
 
 
 class JobProgress(BaseModel):
-    """Where a running job is: training step out of total, latest loss, estimated seconds left."""
+    """Where a running job is, as the envelope shows it: training step out of total, latest loss, estimated
+    seconds left, and the fraction done."""
 
     step: int = 0
     total_steps: int | None = None
     loss: float | None = None
     eta_s: float | None = None
     fraction: float = 0.0
+
+    @classmethod
+    def of_report(cls, report: ProgressReport, number_of_steps: int | None) -> JobProgress:
+        """The envelope's view of a stored report; `number_of_steps` (the input's) until a report has a total."""
+        total = report.total_steps or number_of_steps
+        return cls(step=report.step, total_steps=total, loss=report.loss, eta_s=report.eta_s,
+                   fraction=round(report.step / total, 4) if total else 0.0)
 
 
 class JobError(BaseModel):

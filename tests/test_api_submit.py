@@ -121,6 +121,28 @@ def test_a_frame_count_that_is_not_8n_plus_1_is_adjusted_and_the_response_says_s
     assert again["input"]["number_of_frames"] == 89
 
 
+def test_openapi_publishes_the_training_input_as_the_submit_body(api: Api):
+    document = api.client.get("/openapi.json").json()
+    components = document["components"]["schemas"]
+
+    def body_schema(path: str) -> dict:
+        request_body = document["paths"][path]["post"]["requestBody"]
+        assert request_body["required"] is True, path
+        schema = request_body["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/TrainingInput"}, (path, schema)
+        return components[schema["$ref"].rsplit("/", 1)[1]]
+
+    training_input = body_schema("/v1/trainings")
+    assert "training_data_url" in training_input["required"]
+    assert training_input["properties"]["number_of_frames"]["default"] == 89
+    assert training_input["properties"]["rank"]["enum"] == [8, 16, 32, 64, 128]
+    # nested models resolve within the document
+    prompt_ref = training_input["properties"]["validation"]["items"]["$ref"]
+    assert prompt_ref.rsplit("/", 1)[1] in components
+    assert body_schema("/v1/estimates") is not None
+    assert body_schema("/{path}") is not None  # the queue protocol's submit
+
+
 # --- submitting ---------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,8 @@ def test_auto_audio_is_on_when_every_video_has_a_track(tmp_path, prepare):
     a = make_video(tmp_path / "a.mp4", seconds=1.2, tone_hz=440)
     b = make_video(tmp_path / "b.mp4", seconds=1.2, tone_hz=660)
     result = prepare(make_zip(tmp_path / "s.zip", {"a.mp4": a, "b.mp4": b}), number_of_frames=FRAMES)
-    assert result.report["audio"]["enabled"] is True
+    assert result.report.audio.enabled is True
+    assert [row.source for row in result.rows] == ["a.mp4", "b.mp4"]  # the loop below checks each of them
     for row in result.rows:
         samples, rate = read_wav(result.out_dir / row.audio)
         assert rate == AUDIO_SAMPLE_RATE_HZ == row.audio_sample_rate
@@ -38,8 +39,8 @@ def test_auto_audio_is_off_when_any_video_lacks_a_track(tmp_path, prepare):
     a = make_video(tmp_path / "a.mp4", seconds=1.2, tone_hz=440)
     silent = make_video(tmp_path / "silent.mp4", seconds=1.2, tone_hz=None)
     result = prepare(make_zip(tmp_path / "s.zip", {"a.mp4": a, "silent.mp4": silent}), number_of_frames=FRAMES)
-    assert result.report["audio"]["enabled"] is False
-    assert result.report["audio"]["videos_without_audio"] == ["silent.mp4"]
+    assert result.report.audio.enabled is False
+    assert result.report.audio.videos_without_audio == ["silent.mp4"]
     assert all(row.audio is None and row.audio_sample_rate is None for row in result.rows)
 
 

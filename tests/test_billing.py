@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import BigInteger, func, select
 
 from ltx2trainer.api import create_app
+from ltx2trainer.billing.ledger import record_steps, set_spend_limit, to_nano, usd
+from ltx2trainer.billing.models import SettlementRow, UsageRecordRow
 from ltx2trainer.jobs.keys import create_key
-from ltx2trainer.notify.billing import record_steps, set_spend_limit, to_nano, usd
-from ltx2trainer.notify.models import SettlementRow, UsageRecordRow
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
 
@@ -156,6 +156,24 @@ def test_the_price_is_fixed_when_the_job_is_submitted(billing: Billing):
     billing.services.settings.price_per_step = Decimal("0.01")  # a price change while it waits
     billing.run(job["id"], 100, "succeeded")
     assert billing.job(job["id"])["usage"]["amount_usd"] == "0.4800"
+
+
+def test_a_jobs_estimate_stays_at_the_price_fixed_when_it_was_submitted(billing: Billing):
+    job = billing.submit(2000)
+    assert job["estimated_cost_usd"] == "9.6000"
+    billing.services.settings.price_per_step = Decimal("0.01")  # a price change after the submit
+    shown = billing.job(job["id"])
+    assert shown["usage"]["unit_price"] == "0.0048"
+    assert Decimal(shown["estimated_cost_usd"]) == 2000 * Decimal(shown["usage"]["unit_price"]) == Decimal("9.6")
+    listed = billing.client.get("/v1/trainings", headers=billing.alice).json()["data"]
+    assert [row["estimated_cost_usd"] for row in listed] == [shown["estimated_cost_usd"]]
+    dashboard = billing.client.get("/v1/dashboard", headers=billing.alice).json()
+    assert [row["estimated_cost_usd"] for row in dashboard["trainings"]] == ["9.6000"]
+    # a spending limit reserves the queued job at its own price (9.60), not at today's (20.00)
+    set_spend_limit(billing.services.db, billing.alice_key.split(":")[0], Decimal("20"))
+    refused = billing.client.post("/v1/trainings", json={"training_data_url": DATA, "number_of_steps": 1100},
+                                  headers=billing.alice)  # 11.00 at the new price: 20.60 > 20
+    assert refused.status_code == 402 and "reserved by queued and running trainings $9.6000" in refused.json()["detail"]
 
 
 def test_estimates_quote_steps_price_cost_and_duration(billing: Billing):

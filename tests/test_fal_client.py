@@ -374,12 +374,12 @@ def test_cancel_queued_and_running_requests(env: Env) -> None:
     progress = jobs[out["running_id"]]["progress"]
     assert progress["step"] < progress["total_steps"] == FAST_JOB["number_of_steps"], progress  # stopped early
 
-    # Its webhook: signed, status ERROR. (Its error_type is the job's own, "cancelled", where status and result
-    # say fal's "client_cancelled"; not asserted here.)
+    # Its webhook: signed, status ERROR, and the error the status and the result named (fal_protocol.py).
     hooks = env.receiver.wait("/hooks/cancelled")
     assert len(hooks) == 1, hooks
     payload = env.verify(hooks[0])
-    assert payload["request_id"] == out["running_id"] and payload["status"] == "ERROR" and payload["error"], payload
+    assert payload["request_id"] == out["running_id"] and payload["status"] == "ERROR", payload
+    assert (payload["error_type"], payload["error"]) == ("client_cancelled", final["error"]), payload
 
 
 def test_unknown_request_id_is_404(env: Env) -> None:

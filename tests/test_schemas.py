@@ -224,3 +224,42 @@ def test_the_example_request_in_configs_is_valid():
     example = Path(__file__).parent.parent / "configs" / "example_training_input.json"
     request = TrainingInput.model_validate(json.loads(example.read_text()))
     assert request.adjustments == [] and request.trigger_phrase == "sks"
+
+
+def test_a_jobs_input_carries_the_adjustments_recorded_at_submission():
+    submitted = TrainingInput.model_validate({"training_data_url": URL, "number_of_frames": 90})
+    stored = submitted.model_dump(mode="json")  # what the gateway keeps: 89 frames
+    recorded = [a.model_dump(mode="json") for a in submitted.adjustments]
+    assert TrainingInput.model_validate(stored).adjustments == []  # validating it again finds nothing
+    restored = TrainingInput.from_job(stored, recorded)
+    assert restored.number_of_frames == 89
+    assert [(a.field, a.requested, a.used) for a in restored.adjustments] == [("number_of_frames", 90, 89)]
+
+
+def test_the_output_keeps_each_summarys_own_keys_as_the_job_stores_it():
+    from ltx2trainer.schemas import OUTPUT_FILES, TrainingOutput
+
+    def ref(name: str) -> dict:
+        return {"key": f"jobs/a/1/{name}", "content_type": "application/octet-stream", "file_name": name,
+                "file_size": 3}
+
+    finished = {"lora_file": ref("lora.safetensors"), "config_file": ref("config.json"), "video": None,
+                "debug_dataset": None, "lora_comfyui_file": ref("lora_comfyui.safetensors"),
+                "metrics": {"steps": 100, "final_loss": 0.5, "training_seconds": 12.5, "samples": 2}}
+    cancelled = {**finished, "metrics": {"steps": 50, "cancelled_at_step": 50}}
+    for stored in (finished, cancelled):
+        assert TrainingOutput.model_validate(stored).model_dump(mode="json") == stored
+    assert OUTPUT_FILES == ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
+
+
+def test_stored_progress_reads_back_and_the_envelope_shows_the_fraction_done():
+    from ltx2trainer.schemas import JobProgress, ProgressReport
+
+    written = ProgressReport(step=25, total_steps=100, loss=0.5, lr=1e-4, eta_s=7.5, steps_per_s=10.0)
+    stored = {**written.model_dump(mode="json"), "updated_at": "2025-01-01T00:00:00+00:00"}  # + the store's
+    assert set(written.model_dump(mode="json")) == {"step", "total_steps", "loss", "lr", "eta_s", "steps_per_s"}
+    assert ProgressReport.of_stored(stored) == written
+    shown = JobProgress.of_report(ProgressReport.of_stored(stored), number_of_steps=100)
+    assert shown.model_dump() == {"step": 25, "total_steps": 100, "loss": 0.5, "eta_s": 7.5, "fraction": 0.25}
+    before_any_report = JobProgress.of_report(ProgressReport.of_stored(None), number_of_steps=500)
+    assert (before_any_report.total_steps, before_any_report.fraction) == (500, 0.0)

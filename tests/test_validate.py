@@ -3,6 +3,7 @@ really perturbs, the LoRA in use, determinism, and the combined captioned video 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -24,6 +25,7 @@ from ltx2trainer.pipeline.annotate import (
     write_video,
 )
 from ltx2trainer.pipeline.validate import (
+    SampleSpec,
     ValidationSettings,
     Validator,
     generate_sample,
@@ -34,8 +36,8 @@ from ltx2trainer.schemas import TrainingInput
 FRAMES, FPS, WIDTH, HEIGHT, STEPS = 9, 25, 96, 64, 3
 PROMPTS = ["a red car on a street at night", "a dog running in the snow"]
 NEGATIVE = "worst quality, blurry"
-SAMPLE = dict(negative_prompt=NEGATIVE, num_frames=FRAMES, frame_rate=FPS, width=WIDTH, height=HEIGHT,
-              num_inference_steps=STEPS)
+SPEC = SampleSpec(number_of_frames=FRAMES, frame_rate=FPS, width=WIDTH, height=HEIGHT, stg_scale=1.0,
+                  num_inference_steps=STEPS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,11 +56,14 @@ def components():
 
 
 def settings(**overrides) -> ValidationSettings:
-    values = dict(prompts=PROMPTS, images=[None] * len(PROMPTS), negative_prompt=NEGATIVE, num_frames=FRAMES,
-                  frame_rate=FPS, width=WIDTH, height=HEIGHT, stg_scale=1.0, generate_audio=True,
-                  num_inference_steps=STEPS)
+    values = dict(prompts=PROMPTS, images=[None] * len(PROMPTS), negative_prompt=NEGATIVE, sample=SPEC,
+                  generate_audio=True)
     values.update(overrides)
     return ValidationSettings(**values)
+
+
+def stg(scale: float) -> SampleSpec:
+    return replace(SPEC, stg_scale=scale)
 
 
 def probe(path: Path) -> dict:
@@ -97,14 +102,15 @@ def test_settings_come_from_the_training_input_validation_fields(tmp_path):
     images = [tmp_path / "a.png", tmp_path / "b.png"]
     got = ValidationSettings.from_input(training_input, images)
     assert (got.prompts, got.images, got.negative_prompt) == (["a cat", "a dog"], images, "ugly")
-    assert (got.num_frames, got.frame_rate, got.width, got.height) == (17, 24, 512, 288)
-    assert (got.stg_scale, got.generate_audio, got.seed) == (1.5, False, 42)
+    sample = got.sample
+    assert (sample.number_of_frames, sample.frame_rate, sample.width, sample.height) == (17, 24, 512, 288)
+    assert (sample.stg_scale, got.generate_audio, sample.seed) == (1.5, False, 42)
     with pytest.raises(ValueError, match="go together"):
         ValidationSettings.from_input(training_input, [images[0], None])
     with pytest.raises(ValueError, match="all prompts or for none"):
         settings(images=[images[0], None])
     with pytest.raises(ValueError, match="8n\\+1"):
-        settings(num_frames=10)
+        replace(SPEC, number_of_frames=10)
 
 
 def test_a_validation_run_writes_one_clip_per_prompt_at_the_requested_format(components, tmp_path):
@@ -121,6 +127,7 @@ def test_a_validation_run_writes_one_clip_per_prompt_at_the_requested_format(com
         [(100, 0, PROMPTS[0]), (100, 1, PROMPTS[1])]
 
     silent = Validator(components, settings(generate_audio=False), tmp_path / "silent")(100)
+    assert len(silent) == len(PROMPTS)
     for path in silent:
         info = probe(path)
         assert (info["frames"], info["size"], info["audio"]) == (FRAMES, (WIDTH, HEIGHT), None)
@@ -139,8 +146,8 @@ def test_image_to_video_uses_the_fitted_image_as_the_first_frame(components, tmp
     # The tiny VAE has random weights, so decoded pixels look nothing like any picture (its first frame is
     # as far from the image as a text-to-video one: measured 0.23 vs 0.23 mean abs difference). What the
     # pipeline does with the image is visible in latent space: latent frame 0 stays the image's encoding.
-    i2v = generate_sample(components, PROMPTS[0], stg_scale=1.0, image=image, output_type="latent", **SAMPLE)
-    t2v = generate_sample(components, PROMPTS[0], stg_scale=1.0, output_type="latent", **SAMPLE)
+    i2v = generate_sample(components, PROMPTS[0], SPEC, negative_prompt=NEGATIVE, image=image, output_type="latent")
+    t2v = generate_sample(components, PROMPTS[0], SPEC, negative_prompt=NEGATIVE, output_type="latent")
     crf_image = apply_image_conditioning_crf(np.asarray(expected), 33)  # what the pipeline encodes (LTX-2.0)
     with torch.no_grad():
         pixels = torch.from_numpy(crf_image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None, :, None]
@@ -157,8 +164,8 @@ def test_image_to_video_uses_the_fitted_image_as_the_first_frame(components, tmp
 
 def test_the_validator_works_after_the_text_encoder_is_freed(components, tmp_path):
     image = gradient_image(tmp_path / "wide.png")
-    reference = sample_video(components, PROMPTS[0], tmp_path / "reference.mp4", stg_scale=1.0, seed=42,
-                             **SAMPLE)
+    reference = sample_video(components, PROMPTS[0], tmp_path / "reference.mp4", replace(SPEC, seed=42),
+                             negative_prompt=NEGATIVE)
     t2v = Validator(components, settings(), tmp_path / "t2v")
     i2v = Validator(components, settings(images=[image, image]), tmp_path / "i2v")
     components.text_encoder = None
@@ -168,12 +175,12 @@ def test_the_validator_works_after_the_text_encoder_is_freed(components, tmp_pat
     # Prompts encoded at construction give exactly what encoding them at sampling time gives.
     assert np.array_equal(decode(t2v_paths[0]), decode(reference))
     with pytest.raises(RuntimeError, match="text encoder was freed"):
-        sample_video(components, "a new prompt", tmp_path / "x.mp4", stg_scale=1.0, **SAMPLE)
+        sample_video(components, "a new prompt", tmp_path / "x.mp4", SPEC, negative_prompt=NEGATIVE)
 
 
 def test_stg_scale_changes_the_output(components):
-    without = generate_sample(components, PROMPTS[0], stg_scale=0.0, **SAMPLE)
-    with_stg = generate_sample(components, PROMPTS[0], stg_scale=1.5, **SAMPLE)
+    without = generate_sample(components, PROMPTS[0], stg(0.0), negative_prompt=NEGATIVE)
+    with_stg = generate_sample(components, PROMPTS[0], stg(1.5), negative_prompt=NEGATIVE)
     assert np.abs(without.video - with_stg.video).max() > 1e-3
     assert np.abs(without.audio - with_stg.audio).max() > 1e-5
 
@@ -206,15 +213,15 @@ def test_sampling_switches_perturbed_attention_on_and_rejects_missing_stg_blocks
     transformer = LTX2VideoTransformer3DModel.from_config(config)
     transformer.load_state_dict(components.transformer.state_dict())
     components.transformer = transformer
-    without = generate_sample(components, PROMPTS[0], stg_scale=0.0, **SAMPLE)
+    without = generate_sample(components, PROMPTS[0], stg(0.0), negative_prompt=NEGATIVE)
     assert not transformer.transformer_blocks[1].perturbed_attn  # stg_scale 0 leaves the model alone
-    with_stg = generate_sample(components, PROMPTS[0], stg_scale=1.5, **SAMPLE)
+    with_stg = generate_sample(components, PROMPTS[0], stg(1.5), negative_prompt=NEGATIVE)
     assert transformer.transformer_blocks[1].perturbed_attn
     assert np.abs(without.video - with_stg.video).max() > 1e-3
 
     components.stg_blocks = [len(transformer.transformer_blocks)]
     with pytest.raises(ValueError, match="out of range"):
-        generate_sample(components, PROMPTS[0], stg_scale=1.0, **SAMPLE)
+        generate_sample(components, PROMPTS[0], SPEC, negative_prompt=NEGATIVE)
 
 
 def test_samples_use_the_lora_attached_to_the_transformer(components, tmp_path):

@@ -265,6 +265,45 @@ def test_cancelled_queued_job_sends_error_without_payload(lifecycle, db, deliver
     assert native.payload["type"] == "training.cancelled"  # never started: no training.started
 
 
+def test_queue_status_result_and_webhook_name_a_failure_and_a_cancel_alike(api):
+    """One error mapping (ltx2trainer/fal_protocol.py) for the three places the queue protocol shows an error,
+    fallbacks included: a failure that names no cause, a cancel while queued and one while running."""
+    from tests.api_harness import DATA_URL
+
+    app, lifecycle = "fal-ai/ltx2-video-trainer", api.services.lifecycle
+
+    def submit() -> str:
+        answer = api.client.post(f"/{app}", params={"fal_webhook": "http://127.0.0.1:9/fal"},
+                                 json={"training_data_url": DATA_URL}, headers=api.alice)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["request_id"]
+
+    untyped, queued, running = submit(), submit(), submit()
+    api.start(untyped)
+    lifecycle.fail(untyped, "", "")  # no type, no message: the fallbacks
+    assert api.client.put(f"/{app}/requests/{queued}/cancel", headers=api.alice).status_code == 202
+    api.start(running)
+    lifecycle.request_cancel(running)
+    lifecycle.cancel(running)  # the worker stops
+    expected = {untyped: ("internal_error", "the job failed"),
+                queued: ("client_cancelled", "cancelled before it started"),
+                running: ("client_cancelled", "cancelled by the user")}
+    for job_id, (error_type, error) in expected.items():
+        status = api.client.get(f"/{app}/requests/{job_id}/status", headers=api.alice).json()
+        result = api.client.get(f"/{app}/requests/{job_id}", headers=api.alice)
+        with api.services.db.session() as session:
+            [stored] = session.scalars(select(WebhookMessageRow.payload).where(
+                WebhookMessageRow.job_id == job_id, WebhookMessageRow.flavor == "fal"))
+        webhook = json.loads(stored)
+        assert (status["status"], webhook["status"]) == ("COMPLETED", "ERROR"), (status, webhook)
+        assert (status["error_type"], status["error"]) == (error_type, error), status
+        assert (result.json()["error_type"], result.json()["detail"]) == (error_type, error), result.json()
+        assert result.headers["X-Fal-Error-Type"] == error_type
+        assert (webhook["error_type"], webhook["error"]) == (error_type, error), webhook
+    assert api.client.get(f"/{app}/requests/{untyped}", headers=api.alice).status_code == 500  # the platform's
+    assert api.client.get(f"/{app}/requests/{queued}", headers=api.alice).status_code == 400
+
+
 def test_native_webhook_gets_started_and_succeeded_events(lifecycle, db, deliverer, receiver, clock):
     job_id = run_job(lifecycle, webhook_url=receiver.url("/hook"))
     rows = messages(db, job_id)
@@ -318,9 +357,12 @@ def test_resumed_job_sends_training_started_once(lifecycle, db, receiver):
 
 def test_payload_is_compact_utf8_and_the_signed_bytes_are_the_bytes_sent(lifecycle, db, deliverer, receiver):
     run_job(lifecycle, webhook_url=receiver.url("/hook"))
-    deliverer.deliver_due()
+    assert deliverer.deliver_due() == 2
     stored = {m.id: m.payload for m in messages(db)}
-    for request in receiver.on("/hook"):
+    received = receiver.on("/hook")
+    # every stored message arrived (the checks below must not pass on nothing delivered)
+    assert sorted(request.headers["webhook-id"] for request in received) == sorted(stored) and len(stored) == 2
+    for request in received:
         assert not isinstance(request.payload, Exception), request.payload
         assert request.body == stored[request.headers["webhook-id"]].encode("utf-8")
         assert b'": ' not in request.body and b", " not in request.body

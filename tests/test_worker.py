@@ -19,8 +19,8 @@ import safetensors.torch
 import torch
 from sqlalchemy import func, select
 
+from ltx2trainer.billing.models import SettlementRow, UsageRecordRow
 from ltx2trainer.jobs.models import JobStatus
-from ltx2trainer.notify.models import SettlementRow, UsageRecordRow
 from ltx2trainer.settings import Settings
 from ltx2trainer.storage import job_prefix
 from ltx2trainer.wiring import Services
@@ -94,6 +94,43 @@ def test_debug_dataset_is_published_when_asked(services, dataset_url):
     with services.storage.open(ref["key"]) as handle:
         names = zipfile.ZipFile(io.BytesIO(handle.read())).namelist()
     assert "manifest.jsonl" in names and "report.json" in names and any(n.startswith("media/") for n in names)
+
+
+def test_a_service_job_reports_the_adjustments_made_at_submission_in_its_outputs(services, tmp_path):
+    # Through the gateway, as a user submits: it stores the adjusted input (89 frames) and the adjustment
+    # (90 → 89); the worker's outputs must say so, not re-validate 89 and find nothing was changed.
+    import base64
+    import io
+    import zipfile
+
+    from fastapi.testclient import TestClient
+
+    from ltx2trainer.api import create_app
+    from ltx2trainer.jobs.keys import create_key
+    from tests.mediagen import make_image, make_zip
+
+    images = {f"image{i}.png": make_image(tmp_path / f"image{i}.png", source=source)
+              for i, source in enumerate(("testsrc2", "smptebars"))}  # images: the frame count costs nothing
+    archive = make_zip(tmp_path / "images.zip", {**images, "image0.txt": "a test pattern"})
+    body = {**FAST_JOB, "training_data_url": "data:application/zip;base64," +
+            base64.b64encode(archive.read_bytes()).decode(), "number_of_frames": 90, "debug_dataset": True}
+    key = create_key(services.db, "alice").token
+    with TestClient(create_app(services.settings, services=services)) as client:
+        submitted = client.post("/v1/trainings", json=body, headers={"Authorization": f"Key {key}"})
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+    expected = [{"field": "number_of_frames", "requested": 90, "used": 89}]
+    assert [{k: a[k] for k in ("field", "requested", "used")} for a in submitted.json()["adjustments"]] == expected
+
+    assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "succeeded"
+    output = services.store.get(job_id).output
+    with services.storage.open(output["config_file"]["key"]) as handle:
+        config = json.load(handle)
+    assert config["training_input"]["number_of_frames"] == 89
+    assert [{k: a[k] for k in ("field", "requested", "used")} for a in config["adjustments"]] == expected
+    with services.storage.open(output["debug_dataset"]["key"]) as handle:
+        report = json.loads(zipfile.ZipFile(io.BytesIO(handle.read())).read("report.json"))
+    assert [{k: a[k] for k in ("field", "requested", "used")} for a in report["adjustments"]] == expected
 
 
 def test_bad_training_data_fails_the_job_with_the_reason(services):

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from ltx2trainer.api import routes_ops, routes_trainings, routes_usage
 from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.middleware import AccessLog, BoundedBody, RefuseNulBytes, ThreadLimit
+from ltx2trainer.api.openapi import publish_input_schema
 from ltx2trainer.api.status_cache import PollCache, PollCacheMiddleware
 from ltx2trainer.settings import Settings, check_secrets
 from ltx2trainer.wiring import Services
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     from ltx2trainer.api import routes_fal  # last: its catch-all submit path must not shadow /v1 and /health
 
     app.include_router(routes_fal.router)
+    publish_input_schema(app)  # the submit routes' body, documented as TrainingInput
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
+from ltx2trainer.billing.ledger import job_estimated_cost
 from ltx2trainer.jobs.models import JobRow
-from ltx2trainer.schemas import JobError, JobProgress, TrainingJob
+from ltx2trainer.schemas import JobError, JobProgress, ProgressReport, TrainingJob
 from ltx2trainer.storage import render_refs
 from ltx2trainer.uploads import displayed_input
 from ltx2trainer.wiring import Services
 
-OUTPUT_FILES = ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
-
-
-def estimated_cost(steps: int | None, unit_price: Decimal) -> Decimal | None:
-    """steps × price, exact (Decimal keeps the price's decimals: 2000 × 0.0048 = 9.6000)."""
-    return None if steps is None else unit_price * steps
-
 
 def render_job(job: JobRow, services: Services, base_url: str, queue_position: int | None = None) -> TrainingJob:
-    progress = dict(job.progress or {})
-    total = progress.get("total_steps") or job.input.get("number_of_steps")
-    step = progress.get("step") or 0
     return TrainingJob(
         id=job.id,
         status=job.status,
         phase=job.phase,
         queue_position=queue_position,
         cancel_requested=job.cancel_requested_at is not None,
-        progress=JobProgress(step=step, total_steps=total, loss=progress.get("loss"), eta_s=progress.get("eta_s"),
-                             fraction=round(step / total, 4) if total else 0.0),
+        progress=JobProgress.of_report(ProgressReport.of_stored(job.progress), job.input.get("number_of_steps")),
         input=displayed_input(job.input),  # URLs with credentials or signatures redacted
         adjustments=job.adjustments or [],
         output=render_output(job.output, services, base_url),
         error=JobError(**job.error) if job.error else None,
         usage=job.usage,
         metadata=job.metadata_,
-        estimated_cost_usd=estimated_cost(job.input.get("number_of_steps"), services.settings.price_per_step),
+        estimated_cost_usd=job_estimated_cost(job, services.settings.price_per_step),  # at the job's own price
         created_at=job.created_at.isoformat(),
         started_at=job.started_at.isoformat() if job.started_at else None,
         finished_at=job.finished_at.isoformat() if job.finished_at else None,

@@ -7,9 +7,12 @@
     PUT  /{app}/requests/{id}/cancel             cancel  202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED | 404
 
 `{app}` is one of `settings.fal_app_ids` (e.g. `fal-ai/ltx2-video-trainer`). Constraints from the real
-client (reference C §2.3, §2.6): only the three status values exist (failures and cancellations are
-COMPLETED with `error` and `error_type`); `queue_position` and `logs` keys must be present; never answer
-408/409/429 for anything permanent (the client retries those); every response carries `x-fal-request-id`.
+client, the unmodified `fal-client` package (tests/test_fal_client.py runs it against this gateway; the
+protocol in short: docs/architecture.md): it knows only these three status values, so failures and
+cancellations are COMPLETED with `error` and `error_type`; it reads `queue_position` and `logs`, so both keys
+are always present; it retries 408, 409 and 429, so nothing permanent is ever answered with one of them;
+every response carries `x-fal-request-id`. Status values, error mapping and body shapes are
+`ltx2trainer/fal_protocol.py`'s, shared with the completion webhook; these routes look jobs up and answer.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ltx2trainer import fal_protocol
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
+from ltx2trainer.api.openapi import TrainingInputBody
 from ltx2trainer.api.render import render_output
 from ltx2trainer.api.routes_trainings import submit_training
 from ltx2trainer.jobs.lifecycle import CancelOutcome
@@ -35,9 +40,6 @@ router = APIRouter(tags=["queue (fal-compatible)"])
 
 STREAM_POLL_S = 0.5
 STREAM_HEARTBEAT_S = 10.0
-LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARN", "WARNING": "WARN", "ERROR": "ERROR"}
-USER_ERROR_STATUS = 422
-PLATFORM_ERRORS = {"internal_error", "runner_disconnected", "runner_scheduling_failure"}
 
 
 def _split_app(path: str, services: Services) -> tuple[str, str]:
@@ -52,11 +54,6 @@ def _check_app(app: str, services: Services) -> str:
     if app not in services.settings.fal_app_ids:
         raise HTTPException(404, detail=f"unknown app {app!r}")
     return app
-
-
-def _urls(base_url: str, app: str, request_id: str) -> dict[str, str]:
-    root = f"{base_url}/{app}/requests/{request_id}"
-    return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
 
 
 def _header(request_id: str) -> dict[str, str]:
@@ -87,7 +84,8 @@ def status(app: str, request_id: str, principal: PrincipalDep, services: Service
         raise HTTPException(404, detail=f"no request {request_id}", headers=_header(request_id))
     body = status_body(services, job, app, base_url, _flag(logs))
     return Response(json.dumps(body, separators=(",", ":"), default=str), media_type="application/json",
-                    status_code=200 if body["status"] == "COMPLETED" else 202, headers=_header(request_id))
+                    status_code=200 if body["status"] == fal_protocol.COMPLETED else 202,
+                    headers=_header(request_id))
 
 
 @router.get("/{app:path}/requests/{request_id}", summary="Result: the output, or the error")
@@ -100,10 +98,8 @@ def result(app: str, request_id: str, principal: PrincipalDep, services: Service
         return JSONResponse(render_output(job.output, services, base_url), headers=headers)
     if not job.is_terminal:
         return JSONResponse({"detail": "Request is still in progress"}, status_code=400, headers=headers)
-    error_type, message = _error(job)
-    code = 400 if job.status == JobStatus.CANCELLED else 500 if error_type in PLATFORM_ERRORS else USER_ERROR_STATUS
-    return JSONResponse({"detail": message, "error_type": error_type}, status_code=code,
-                        headers={**headers, "X-Fal-Error-Type": error_type})
+    code, body = fal_protocol.result_error(job)
+    return JSONResponse(body, status_code=code, headers={**headers, "X-Fal-Error-Type": body["error_type"]})
 
 
 @router.put("/{app:path}/requests/{request_id}/cancel", summary="Cancel (cooperative, idempotent)")
@@ -121,7 +117,7 @@ def cancel(app: str, request_id: str, request: Request, principal: PrincipalDep,
 
 @router.post("/{path:path}", summary="Submit a request to the queue")
 def submit(path: str, principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep,
-           body: Annotated[dict[str, Any], Body()],
+           body: TrainingInputBody,
            fal_webhook: Annotated[str | None, Query()] = None,
            idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)] = None,
            ) -> JSONResponse:
@@ -131,51 +127,18 @@ def submit(path: str, principal: PrincipalDep, services: ServicesDep, base_url: 
                                           "type": "value_error"}])
     job, _replayed = submit_training(services, principal, body, idempotency_key=idempotency_key,
                                      base_url=base_url, app_id=app, fal_webhook=fal_webhook)
-    handle = {"request_id": job.id, "gateway_request_id": job.id, **_urls(base_url, app, job.id),
-              "status": "IN_QUEUE" if job.status == JobStatus.QUEUED else _fal_status(job),
-              "queue_position": services.store.queue_position(job) or 0}
+    handle = fal_protocol.submit_handle(job, app, base_url, services.store.queue_position(job))
     return JSONResponse(handle, status_code=200, headers=_header(job.id))
 
 
 def status_body(services: Services, job: JobRow, app: str, base_url: str, with_logs: bool,
                 logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The status object of the protocol; `logs` overrides the log lines (the stream sends new ones only)."""
-    state = _fal_status(job)
-    body: dict[str, Any] = {"status": state, "request_id": job.id, **_urls(base_url, app, job.id)}
-    if state == "IN_QUEUE":
-        body["queue_position"] = services.store.queue_position(job) or 0
-        body["logs"] = None
-        return body
+    if job.status == JobStatus.QUEUED:
+        return fal_protocol.status_body(job, app, base_url, queue_position=services.store.queue_position(job))
     if logs is None and with_logs:
         logs = services.store.last_logs(job.id, services.settings.status_log_limit)
-    body["logs"] = [_fal_log(line) for line in logs] if with_logs and logs is not None else None
-    if state == "COMPLETED":
-        seconds = (job.finished_at - job.started_at).total_seconds() if job.started_at and job.finished_at else None
-        body["metrics"] = {"inference_time": seconds, "usage": job.usage}
-        if job.status != JobStatus.SUCCEEDED:
-            body["error_type"], body["error"] = _error(job)
-    else:
-        body["progress"] = job.progress  # extra keys; clients ignore what they do not know
-        body["metrics"] = {"usage": job.usage}
-    return body
-
-
-def _fal_status(job: JobRow) -> str:
-    if job.is_terminal:
-        return "COMPLETED"
-    return "IN_QUEUE" if job.status == JobStatus.QUEUED else "IN_PROGRESS"
-
-
-def _error(job: JobRow) -> tuple[str, str]:
-    error = job.error or {}
-    if job.status == JobStatus.CANCELLED:
-        return "client_cancelled", error.get("message") or "Request cancelled"
-    return error.get("type") or "internal_error", error.get("message") or "the job failed"
-
-
-def _fal_log(line: dict[str, Any]) -> dict[str, Any]:
-    return {"message": line.get("message", ""), "level": LEVELS.get(line.get("level", "INFO"), "INFO"),
-            "source": "USER", "timestamp": line.get("timestamp")}
+    return fal_protocol.status_body(job, app, base_url, logs=logs if with_logs else None)
 
 
 def _flag(value: str) -> bool:
@@ -204,7 +167,7 @@ async def _status_events(request: Request, services: Services, job_id: str, app:
                                            [event.data for event in new_logs])
             yield f"data: {json.dumps(body, separators=(',', ':'), default=str)}\n\n"
             last_signature, last_sent = signature, time.monotonic()
-            if body["status"] == "COMPLETED":
+            if body["status"] == fal_protocol.COMPLETED:
                 return
         elif time.monotonic() - last_sent >= STREAM_HEARTBEAT_S:
             yield ": keep-alive\n\n"

@@ -15,6 +15,7 @@ from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.deps import ServicesDep, get_admin, get_principal
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.workers import RECENT_S, identify_model, recent_workers
+from ltx2trainer.schemas import ProgressReport
 from ltx2trainer.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ class JobMetrics:
         yield jobs
         yield GaugeMetricFamily("ltx2trainer_queue_depth", "Jobs waiting for a worker",
                                 value=counts.get(JobStatus.QUEUED, 0))
-        rate = sum((job.progress or {}).get("steps_per_s") or 0.0 for job in self.services.store.running_jobs())
+        rate = sum(ProgressReport.of_stored(job.progress).steps_per_s or 0.0
+                   for job in self.services.store.running_jobs())
         yield GaugeMetricFamily("ltx2trainer_training_steps_per_second",
                                 "Training steps per second over all running jobs", value=rate)
 

@@ -12,21 +12,22 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ltx2trainer import netguard, uploads
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
-from ltx2trainer.api.render import OUTPUT_FILES, estimated_cost, render_file, render_job
+from ltx2trainer.api.openapi import TrainingInputBody
+from ltx2trainer.api.render import render_file, render_job
 from ltx2trainer.api.sse import job_event_stream
+from ltx2trainer.billing.ledger import check_budget, estimated_cost, initial_usage
 from ltx2trainer.errors import UserInputError
 from ltx2trainer.jobs.lifecycle import CancelOutcome, IdempotencyConflict, request_hash
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.store import InvalidCursor
-from ltx2trainer.notify.billing import check_budget, initial_usage
 from ltx2trainer.planning.service import gateway_plan, refusal_message
-from ltx2trainer.schemas import TrainingInput, TrainingJob
+from ltx2trainer.schemas import OUTPUT_FILES, ProgressReport, TrainingInput, TrainingJob
 from ltx2trainer.storage import owner_prefix
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
             return replay, True
         check_gpu_memory(training_input, services.settings)
         price = services.settings.price_per_step
-        estimate = estimated_cost(training_input.number_of_steps, price)
+        usage = initial_usage(price)  # fixes the job's unit price: its estimate and its bill use this one
+        estimate = estimated_cost(training_input.number_of_steps, usage, price)
 
         def within_budget(session) -> None:  # in the job's own transaction: concurrent submits queue up here
             refusal = check_budget(session, api_key_id=principal.key_id, estimate=estimate,
@@ -115,7 +117,7 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
             adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
             app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
             metadata=training_input.metadata, idempotency_key=idempotency_key, body_hash=body_hash,
-            public_base_url=base_url, api_key_id=principal.key_id, usage=initial_usage(price), guard=within_budget,
+            public_base_url=base_url, api_key_id=principal.key_id, usage=usage, guard=within_budget,
         )
     except IdempotencyConflict as exc:
         # 422, not 409: queue clients retry 409s as if they were transient.
@@ -137,7 +139,7 @@ def create_training(
     services: ServicesDep,
     base_url: BaseUrlDep,
     response: Response,
-    body: Annotated[dict[str, Any], Body(description="The training input (see TrainingInput).")],
+    body: TrainingInputBody,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)] = None,
 ) -> TrainingJob:
     job, replayed = submit_training(services, principal, body, idempotency_key=idempotency_key,
@@ -243,7 +245,7 @@ def training_file(job_id: str, name: str, principal: PrincipalDep, services: Ser
 
 @router.post("/estimates", summary="What a training would cost, before submitting it")
 def estimate(principal: PrincipalDep, services: ServicesDep,
-             body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+             body: TrainingInputBody) -> dict[str, Any]:
     training_input = validate_training_input(body, services.settings.allow_file_urls)
     steps = training_input.number_of_steps
     rate = _recent_steps_per_second(services)
@@ -251,7 +253,7 @@ def estimate(principal: PrincipalDep, services: ServicesDep,
     return {
         "steps": steps,
         "unit_price": str(services.settings.price_per_step),
-        "estimated_cost_usd": str(estimated_cost(steps, services.settings.price_per_step)),
+        "estimated_cost_usd": str(estimated_cost(steps, None, services.settings.price_per_step)),  # today's price
         "currency": "USD",
         "estimated_duration_s": round(steps / rate, 1) if rate else None,
         "adjustments": [a.model_dump(mode="json") for a in training_input.adjustments],
@@ -265,7 +267,7 @@ def estimate(principal: PrincipalDep, services: ServicesDep,
 def _recent_steps_per_second(services: ServicesDep) -> float | None:
     """Mean training speed of the last finished jobs (None before any job has finished)."""
     rows, _ = services.store.history(None, status=JobStatus.SUCCEEDED, limit=20)
-    rates = [row.progress.get("steps_per_s") for row in rows if row.progress and row.progress.get("steps_per_s")]
+    rates = [rate for row in rows if (rate := ProgressReport.of_stored(row.progress).steps_per_s)]
     return sum(rates) / len(rates) if rates else None
 
 

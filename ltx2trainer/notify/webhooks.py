@@ -4,7 +4,8 @@ Two flavors of message, both signed with the Standard Webhooks scheme (`webhook-
 `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, secret `whsec_…`):
 
 - `fal` (the job's `fal_webhook`, the hosted queue protocol): once, when the job ends —
-  `{"request_id", "gateway_request_id", "status": "OK" | "ERROR", "payload", "error", "error_type"}`;
+  `{"request_id", "gateway_request_id", "status": "OK" | "ERROR", "payload", "error", "error_type"}`, with the
+  error mapping of the queue's status and result (`fal_protocol.completion_payload`);
 - `native` (the job's `webhook_url`): `training.started` when it first runs and `training.succeeded` /
   `training.failed` / `training.cancelled` when it ends — `{"type", "timestamp", "data": {id, status, output,
   error, usage, metadata}}`, the thin shape Standard Webhooks recommends.
@@ -43,6 +44,7 @@ from standardwebhooks import Webhook
 
 from ltx2trainer import netguard
 from ltx2trainer.errors import UserInputError
+from ltx2trainer.fal_protocol import completion_payload
 from ltx2trainer.guarded_http import Deadline, guarded_client
 from ltx2trainer.jobs.db import Database, utcnow
 from ltx2trainer.jobs.lifecycle import TransitionListener
@@ -85,24 +87,6 @@ def encode_payload(body: dict[str, Any]) -> str:
 
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def fal_payload(job: JobRow) -> dict[str, Any]:
-    """The hosted queue's completion webhook body (only for a terminal job)."""
-    body: dict[str, Any] = {"request_id": job.id, "gateway_request_id": job.id}
-    if job.status == JobStatus.SUCCEEDED:
-        body.update(status="OK", payload=job.output)
-    else:  # failed, or cancelled: the output is the last checkpoint's LoRA if there is one
-        error = job.error or {}
-        cancelled = job.status == JobStatus.CANCELLED
-        body.update(
-            status="ERROR",
-            payload=job.output or None,
-            error=error.get("message") or job.status,
-            # the queue facade's own name for a cancellation, so result() and the webhook agree
-            error_type="client_cancelled" if cancelled else error.get("type") or job.status,
-        )
-    return body
 
 
 def native_payload(job: JobRow, event_type: str, at: dt.datetime, sequence: int = 1) -> dict[str, Any]:
@@ -151,7 +135,7 @@ def outbox_listener(settings: Settings, *, clock: Callable[[], dt.datetime] = ut
                 WebhookMessageRow.job_id == job.id, WebhookMessageRow.flavor == FLAVOR_NATIVE)) or 0)
             messages.append((FLAVOR_NATIVE, job.webhook_url, native_payload(job, event_type, now, sequence)))
         if job.fal_webhook and new_status in JobStatus.TERMINAL:
-            messages.append((FLAVOR_FAL, job.fal_webhook, fal_payload(job)))
+            messages.append((FLAVOR_FAL, job.fal_webhook, completion_payload(job)))
         for flavor, url, body in messages:
             session.add(WebhookMessageRow(
                 id=new_message_id(), job_id=job.id, owner=job.owner, url=url, flavor=flavor,

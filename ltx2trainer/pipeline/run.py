@@ -22,9 +22,10 @@ from typing import Any, BinaryIO, Protocol
 
 from ltx2trainer.errors import JobCancelled, ModelError, UserInputError
 from ltx2trainer.model.identity import BaseModelInfo, describe_model  # torch-free
-from ltx2trainer.pipeline.fetch import download, fetch_dataset, local_path
-from ltx2trainer.pipeline.preprocess import PrepareOptions, Progress, prepare_dataset
-from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.pipeline.dataset_source import fetch_and_prepare
+from ltx2trainer.pipeline.fetch import download, local_path
+from ltx2trainer.pipeline.preprocess import Progress
+from ltx2trainer.schemas import CancelledTrainingMetrics, TrainingInput, TrainingMetrics, TrainingOutput
 from ltx2trainer.settings import Settings
 from ltx2trainer.uploads import parse_reference
 
@@ -39,7 +40,7 @@ class JobContext(Protocol):
     job_id: str
     work_dir: Path
     settings: Settings
-    partial_output: dict[str, Any] | None
+    partial_output: TrainingOutput | None
 
     def set_phase(self, phase: str) -> None: ...
     def log(self, message: str, level: str = "INFO") -> None: ...
@@ -49,8 +50,12 @@ class JobContext(Protocol):
     def open_upload(self, sha256: str) -> BinaryIO: ...  # inline data the gateway stored (uploads.py)
 
 
-def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
-    """Run every stage; returns the output (file references). Raises UserInputError, JobCancelled.
+def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
+    """Run every stage; returns the output (file references). Raises UserInputError, JobCancelled (then
+    `ctx.partial_output` is the last checkpoint's output, or None).
+
+    The adjustments that `training_input` carries are the ones report.json and config.json record: a service
+    job's are those made at submission (`TrainingInput.from_job`).
 
     The configured base model is identified first (no torch, no download): a misconfigured one fails the
     job with `model_error` before anything is fetched, encoded or billed. Then the job is planned on this
@@ -69,26 +74,15 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
 
     ctx.set_phase("fetching")
     ctx.log("fetching the training data")
-    source, allow_local = training_input.training_data_url, None
-    if (upload := parse_reference(source)) is not None:  # inline data the gateway stored (uploads.py)
+    source, allow_local = None, None
+    if (upload := parse_reference(training_input.training_data_url)) is not None:  # the gateway's (uploads.py)
         source, allow_local = str(_read_upload(ctx, work / "fetch", *upload)), True
-    fetched = fetch_dataset(source, work / "fetch", ctx.settings, allow_local=allow_local,
-                            on_progress=lambda received, total: check())
-    check()
-
-    ctx.set_phase("preparing")
-    prepared = prepare_dataset(
-        fetched.root, work / "dataset", PrepareOptions.from_input(training_input),
-        workers=ctx.settings.effective_prepare_workers, upstream_ignored=fetched.ignored,
-        adjustments=[a.model_dump() for a in training_input.adjustments],
-        on_progress=_prepare_logger(ctx), cancel=ctx.cancelled,
-    )
-    counts = prepared.counts
-    ctx.log(f"dataset: {counts['samples_out']} samples from {counts['clips_in']} {prepared.report['kind']}s "
-            f"({counts['scenes']} scenes, {counts['skipped']} skipped); audio "
-            f"{'on' if prepared.report['audio']['enabled'] else 'off'}: {prepared.report['audio']['reason']}")
-    for skipped in prepared.report["skipped"]:
-        ctx.log(f"skipped {skipped['source']}: {skipped['reason']} ({skipped['detail']})", "WARN")
+    prepared = fetch_and_prepare(training_input, work / "fetch", work / "dataset", ctx.settings, source=source,
+                                 allow_local=allow_local, on_phase=ctx.set_phase,
+                                 on_progress=_prepare_logger(ctx), cancel=ctx.cancelled)
+    ctx.log(f"dataset: {prepared.report.describe()}")
+    for skipped in prepared.report.skipped:
+        ctx.log(f"skipped {skipped.source}: {skipped.reason} ({skipped.detail})", "WARN")
 
     images = _fetch_validation_images(ctx, training_input)
     check()
@@ -123,20 +117,16 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> dict[str, Any]:
 
     ctx.set_phase("publishing")
     exported = result.exported
-    output: dict[str, Any] = {
-        "lora_file": ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
-        "config_file": ctx.publish("config.json", exported.config_file, "application/json"),
-        "video": ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
-        "debug_dataset": None,
-        "lora_comfyui_file": ctx.publish("lora_comfyui.safetensors", exported.comfyui_file,
-                                         "application/octet-stream"),
-        "metrics": {"steps": result.steps_done, "final_loss": result.losses[-1] if result.losses else None,
-                    "training_seconds": round(result.seconds, 2), "samples": counts["samples_out"]},
-    }
-    if training_input.debug_dataset:
-        archive = _zip_dataset(work / "dataset", work / "debug_dataset.zip")
-        output["debug_dataset"] = ctx.publish("debug_dataset.zip", archive, "application/zip")
-    return output
+    return TrainingOutput(
+        lora_file=ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
+        config_file=ctx.publish("config.json", exported.config_file, "application/json"),
+        video=ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
+        lora_comfyui_file=ctx.publish("lora_comfyui.safetensors", exported.comfyui_file, "application/octet-stream"),
+        metrics=TrainingMetrics(steps=result.steps_done, final_loss=result.losses[-1] if result.losses else None,
+                                training_seconds=round(result.seconds, 2), samples=prepared.counts.samples_out),
+        debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
+                                  "application/zip") if training_input.debug_dataset else None,
+    )
 
 
 def _memory_plan(ctx: JobContext, training_input: TrainingInput):
@@ -259,7 +249,7 @@ def _check_image(path: Path, index: int) -> None:
 
 
 def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, work: Path,
-                             base: BaseModelInfo, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                             base: BaseModelInfo, recorded: dict[str, Any] | None = None) -> TrainingOutput | None:
     """When a run is cancelled mid-training: the newest checkpoint's LoRA, exported like a final one (none
     when that LoRA is broken or empty: the job is still cancelled, with nothing to deliver)."""
     from safetensors.torch import load_file
@@ -279,15 +269,12 @@ def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, wor
         ctx.log(f"cancelled: the LoRA of step {last.step} is not published: {exc.message}", "WARN")
         return None
     ctx.log(f"cancelled: publishing the LoRA of step {last.step}", "WARN")
-    return {
-        "lora_file": ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
-        "config_file": ctx.publish("config.json", exported.config_file, "application/json"),
-        "video": None,
-        "debug_dataset": None,
-        "lora_comfyui_file": ctx.publish("lora_comfyui.safetensors", exported.comfyui_file,
-                                         "application/octet-stream"),
-        "metrics": {"steps": last.step, "cancelled_at_step": last.step},
-    }
+    return TrainingOutput(
+        lora_file=ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
+        config_file=ctx.publish("config.json", exported.config_file, "application/json"),
+        lora_comfyui_file=ctx.publish("lora_comfyui.safetensors", exported.comfyui_file, "application/octet-stream"),
+        metrics=CancelledTrainingMetrics(steps=last.step, cancelled_at_step=last.step),
+    )
 
 
 def _zip_dataset(dataset_dir: Path, archive: Path) -> Path:

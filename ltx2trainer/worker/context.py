@@ -18,6 +18,7 @@ from typing import Any
 
 from ltx2trainer.jobs.lifecycle import Lifecycle
 from ltx2trainer.jobs.models import JobRow
+from ltx2trainer.schemas import ProgressReport, TrainingOutput
 from ltx2trainer.server_paths import job_paths
 from ltx2trainer.settings import Settings
 
@@ -51,7 +52,7 @@ class WorkerContext:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         # The job's logs and error are the user's to read: the server's folders in them become placeholders.
         self.paths = job_paths(settings, self.work_dir)
-        self.partial_output: dict[str, Any] | None = None
+        self.partial_output: TrainingOutput | None = None  # what a cancelled run delivers (its last checkpoint)
         self._lease_lost = threading.Event()
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
@@ -82,14 +83,14 @@ class WorkerContext:
         self._last_progress = now
         self.flush_usage()
         per_step = info.elapsed_s / max(info.step, 1)
-        self.lifecycle.report_progress(self.job_id, {
-            "step": info.step, "total_steps": info.total, "loss": round(info.loss, 6), "lr": info.lr,
-            "eta_s": round(per_step * (info.total - info.step), 1), "steps_per_s": round(1 / per_step, 3),
-        })
+        report = ProgressReport(step=info.step, total_steps=info.total, loss=round(info.loss, 6), lr=info.lr,
+                                eta_s=round(per_step * (info.total - info.step), 1),
+                                steps_per_s=round(1 / per_step, 3))
+        self.lifecycle.report_progress(self.job_id, report.model_dump(mode="json"))
 
     def flush_usage(self) -> None:
         """Record the steps completed since the last flush in the usage ledger (idempotent per step)."""
-        from ltx2trainer.notify.billing import record_steps
+        from ltx2trainer.billing.ledger import record_steps
 
         steps, self._unbilled_steps = self._unbilled_steps, []
         record_steps(self.lifecycle.db, self.job_id, steps, self.settings.price_per_step)

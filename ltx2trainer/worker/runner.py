@@ -37,15 +37,17 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
     with context.heartbeat(), context.capture_logs():
         log.info("job %s started on %s (attempt %d)", job_id, worker_id, job.attempt)
         try:
-            training_input = TrainingInput.model_validate(job.input, context={"allow_file_urls": settings.allow_file_urls,
-                                                                                "allow_uploads": True})
+            # The stored input is the adjusted one: its adjustments are the ones recorded at submission.
+            training_input = TrainingInput.from_job(job.input, job.adjustments or [], context={
+                "allow_file_urls": settings.allow_file_urls, "allow_uploads": True})
             output = run_job(context, training_input)
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; stopping here", job_id)
             return "lease_lost"
         except JobCancelled:
             context.flush_usage()  # the steps done are billed; the last checkpoint is the output
-            lifecycle.cancel(job_id, output=context.partial_output)
+            partial = context.partial_output
+            lifecycle.cancel(job_id, output=partial.model_dump(mode="json") if partial is not None else None)
             outcome = "cancelled"
         except UserInputError as exc:
             lifecycle.fail(job_id, exc.code, context.paths.hide(exc.message))
@@ -63,7 +65,7 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
             outcome = "failed"
         else:
             context.flush_usage()
-            lifecycle.succeed(job_id, output)
+            lifecycle.succeed(job_id, output.model_dump(mode="json"))
     keep_for_debugging = outcome == "failed" and settings.environment == "development"
     if not keep_for_debugging:
         shutil.rmtree(context.work_dir, ignore_errors=True)  # outputs are in object storage now
