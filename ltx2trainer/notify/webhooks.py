@@ -72,9 +72,9 @@ RETRY_SCHEDULE_S = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600
 RETRY_JITTER = 0.1
 RETRY_AFTER_STATUSES = frozenset({429, 502, 503, 504})  # answers whose Retry-After is honoured
 MAX_RETRY_AFTER_S = 24 * 3600  # a receiver cannot park a message longer than the schedule's longest wait
-CLAIM_LEASE_MARGIN_S = 5.0
+CLAIM_LEASE_MARGIN_S = 5.0  # a claim outlives the attempt's timeout by this much
 DELIVERY_THREADS = 8  # attempts at once, per deliverer
-DELIVERIES_PER_HOST = 2  # of which at most this many to one receiver host  # a claim outlives the attempt's timeout by this much
+DELIVERIES_PER_HOST = 2  # of which at most this many to one receiver host
 
 
 # --- payloads -----------------------------------------------------------------------------------------
