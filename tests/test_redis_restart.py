@@ -2,10 +2,11 @@
 billed once.
 
 A private redis-server (no RDB, no AOF) is killed under a live gateway and a real worker: the queued jobs'
-messages and the running job's unacknowledged one vanish. The running job's worker loses its broker connection
-and stops the job; its lease runs out and the reaper queues it again, to resume from its last checkpoint. The
-workers' sweeper publishes again the queued jobs the broker no longer holds. A job submitted while Redis is
-down is accepted (it is safe in the database) and published by the sweeper once Redis answers.
+messages and the running job's unacknowledged one vanish. Depending on how long the outage lasts, the running
+job's worker either keeps it running or, having lost its broker connection, stops it; then its lease runs out
+and the reaper queues it again, to resume from its last checkpoint. Either way it finishes once. The workers'
+sweeper publishes again the queued jobs the broker no longer holds. A job submitted while Redis is down is
+accepted (it is safe in the database) and published by the sweeper once Redis answers.
 """
 
 from __future__ import annotations
@@ -76,6 +77,5 @@ def test_every_job_finishes_and_bills_each_step_once_after_redis_restarts_empty(
 
             for job_id in jobs[1:]:  # the sweeper found each lost message
                 assert "the queue lost this job's message; queued again" in log_text(job_id)
-            assert "resuming from step" in log_text(jobs[0])  # the running one went on from its checkpoint
     finally:
         redis.kill()
