@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ltx2trainer.jobs.db import Base, utcnow
@@ -81,7 +81,7 @@ class JobEventRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # status | phase | progress | log | output
+    kind: Mapped[str] = mapped_column(String(16))  # status | phase | progress | log | output | checkpoint
     data: Mapped[dict[str, Any]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -114,3 +114,20 @@ class WorkerRow(Base):
     model_error: Mapped[str | None] = mapped_column(Text, default=None)  # why the configured model is not
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
+class JobMetricRow(Base):
+    """One training step's metrics (written by the worker, `ltx2trainer.jobs.metrics`). (job, step) is the key:
+    a step re-run after a resume overwrites its row. Held-out losses, per checkpoint, will get a table of their
+    own (see `jobs/metrics.py`): they are not per step."""
+
+    __tablename__ = "job_metrics"
+
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    loss: Mapped[float | None] = mapped_column(Float, default=None)
+    video_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    audio_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    learning_rate: Mapped[float | None] = mapped_column(Float, default=None)
+    grad_norm: Mapped[float | None] = mapped_column(Float, default=None)
+    sigma: Mapped[float | None] = mapped_column(Float, default=None)

@@ -8,6 +8,10 @@ random is a function of the step, so 5 steps + resume + 5 steps equal 10 straigh
 `on_step(StepInfo)` is where progress reporting, billing and cancellation hang; if it raises, the loop
 saves a checkpoint of the step just completed and re-raises, so a cancelled job still has its last
 weights. `on_validate(step)` is called every `validation_every` steps and after the last one.
+`on_checkpoint(step, checkpoint)` is called every `publish_every` steps before the last (after that step's
+validation), with the resumable checkpoint saved at that step: the user-facing checkpoints are a subset of the
+resumable ones, so the loop checkpoints at the union of `checkpoint_every` and `publish_every`. A run resumed
+from such a step calls it again for that step first (the previous attempt may have died before publishing).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from ltx2trainer.training.sharding import (
     load_full_optimizer_state,
     shard_transformer,
 )
-from ltx2trainer.training.speed import compile_blocks
+from ltx2trainer.training.speed import compile_blocks, to_device
 from ltx2trainer.training.timesteps import ShiftedLogitNormalSampler
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ class TrainConfig:
     audio_sigma: AudioSigmaMode = "independent"  # "shared": audio uses the video's sigma (fal-era recipe)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0  # steps; 0 = only when stopped early
+    publish_every: int = 0  # steps; also checkpointed, and handed to `on_checkpoint` (0 = never)
     keep_checkpoints: int = 2
     validation_every: int = 0  # steps; 0 = only after the last step
     gradient_accumulation_steps: int = 1
@@ -117,7 +122,7 @@ class TrainConfig:
 
 
 # Settings that change when or how fast things run, never what is computed: a run may resume with others.
-_NOT_FINGERPRINTED = ("checkpoint_every", "keep_checkpoints", "validation_every", "compile_blocks",
+_NOT_FINGERPRINTED = ("checkpoint_every", "publish_every", "keep_checkpoints", "validation_every", "compile_blocks",
                       "offload_optimizer_for_validation")
 _LATER_DEFAULTS = {"gradient_accumulation_steps": 1, "base_precision": "bf16", "optimizer": "adamw",
                    "sharding": "ddp"}
@@ -151,6 +156,10 @@ class StepInfo:
     # A checkpoint of this step is saved right after the hook returns. A run that resumes from it never redoes
     # this step, so whatever the hook must have recorded of it (the usage ledger) it records now.
     checkpoint_after: bool = False
+    # The LoRA gradients' total L2 norm before clipping (also measured when max_grad_norm is 0: no clipping),
+    # and the mean video sigma of the step's batch (over every process). None from callers that do not know.
+    grad_norm: float | None = None
+    sigma: float | None = None
 
 
 @dataclass
@@ -172,6 +181,7 @@ def train_lora(
     accelerator: Accelerator | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_validate: Callable[[int], None] | None = None,
+    on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
     resume: bool = True,
 ) -> TrainResult:
     """Train a LoRA on `components.transformer` (it is attached here) and return its final weights."""
@@ -260,6 +270,12 @@ def train_lora(
             audio_sigma_mode=config.audio_sigma, device=accelerator.device, dtype=dtype,
         )
 
+    def publishes(step: int) -> bool:
+        return bool(config.publish_every) and step % config.publish_every == 0 and step < config.number_of_steps
+
+    if found is not None and on_checkpoint is not None and publishes(start) and accelerator.is_main_process:
+        on_checkpoint(start, found)  # idempotent on the caller's side: it may have been published already
+
     started = time.perf_counter()
     upcoming = inputs(start + 1) if start < config.number_of_steps else None
     for step in range(start + 1, config.number_of_steps + 1):
@@ -280,20 +296,24 @@ def train_lora(
                 # Gradients add up over micro-batches: each counts 1/accumulation, as in the mean of one batch.
                 accelerator.backward(loss / accumulation)
             step_losses.append(torch.stack([loss.detach(), video_loss, audio_loss]))
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        grad_norm = _grad_norm(parameters, config.max_grad_norm)  # a device tensor: nothing is read yet
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses = accelerator.reduce(torch.stack(step_losses).mean(dim=0), reduction="mean")
+        mean_losses = torch.stack(step_losses).mean(dim=0)
+        # The sigmas were drawn on the host: their mean rides to the device with the losses, without waiting.
+        sigma = to_device(flow.video_sigma.float().mean().reshape(1), mean_losses.device)
+        losses = accelerator.reduce(torch.cat([mean_losses, grad_norm.to(mean_losses.device).reshape(1), sigma]),
+                                    reduction="mean")
         # Up to here nothing waited for the GPU. The next step's inputs are made on the host while it works
-        # through this one; reading the losses is the step's one synchronisation.
+        # through this one; reading the losses (with the grad norm and sigma) is the step's one synchronisation.
         upcoming = inputs(step + 1) if step < config.number_of_steps else None
-        loss_value, video_value, audio_value = losses.tolist()
-        saves_checkpoint = bool(config.checkpoint_every) and step % config.checkpoint_every == 0 \
-            and step < config.number_of_steps
+        loss_value, video_value, audio_value, grad_norm_value, sigma_value = losses.tolist()
+        saves_checkpoint = (bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+                            and step < config.number_of_steps) or publishes(step)
         info = StepInfo(step, config.number_of_steps, loss_value, video_value, audio_value,
-                        schedule.get_last_lr()[0], time.perf_counter() - started, checkpoint_after=saves_checkpoint)
+                        schedule.get_last_lr()[0], time.perf_counter() - started, checkpoint_after=saves_checkpoint,
+                        grad_norm=grad_norm_value, sigma=sigma_value)
         result.losses.append(info.loss)
         result.steps_done = step
         if on_step is not None:
@@ -302,8 +322,7 @@ def train_lora(
             except BaseException:
                 checkpoint(step)  # stopped from outside: keep what was learned so far
                 raise
-        if saves_checkpoint:
-            checkpoint(step)
+        saved = checkpoint(step) if saves_checkpoint else None
         if on_validate is not None and (
             step == config.number_of_steps or (config.validation_every and step % config.validation_every == 0)
         ):
@@ -313,7 +332,21 @@ def train_lora(
                     on_validate(step)
                 accelerator.wait_for_everyone()
             model.train()
+        if on_checkpoint is not None and saved is not None and publishes(step):
+            on_checkpoint(step, saved)  # main process only (`checkpoint` returns None elsewhere)
 
     result.lora_state = lora_state_dict(model)
     model.eval()
     return result
+
+
+def _grad_norm(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The gradients' total L2 norm (float32, on the device), clipping them to `max_norm` first if it is set;
+    with 0 the norm is only measured and the gradients are left as they are. Never waits for the device."""
+    if max_norm:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor of the shards' partial norms, combined over processes
+        norm = norm.full_tensor()
+    return norm.float()
