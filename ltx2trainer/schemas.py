@@ -47,6 +47,15 @@ MAX_VALIDATION_PROMPTS = 2
 MAX_METADATA_CHARS = 16_384
 MAX_PROMPT_CHARS = 10_000  # data: URLs (training data, images) have no length limit here: size limits apply
 DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
+VALIDATION_POINTS = 4  # validation runs at 25 %, 50 %, 75 % and 100 % of the steps
+# The native webhook events (notify/webhooks.py); `webhook_events` picks among them.
+WEBHOOK_EVENT_TYPES = ("training.started", "training.checkpoint", "training.succeeded", "training.failed",
+                       "training.cancelled")
+
+
+def validation_interval(number_of_steps: int) -> int:
+    """Every how many steps validation samples (and, by default, a checkpoint is published)."""
+    return max(number_of_steps // VALIDATION_POINTS, 1)
 
 
 def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
@@ -209,6 +218,11 @@ class TrainingInput(StrictModel):
     max_cost_usd: Decimal | None = Field(None, gt=0, description="Refuse the job if it would cost more.")
     debug_dataset: bool = Field(False, description="Also return the processed dataset as a zip.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed for reproducible training.")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Publish a checkpoint (LoRA files, validation clip, loss) every this many steps; "
+        "null = at every validation (a quarter of number_of_steps).")
+    webhook_events: list[str] | None = Field(
+        None, description="The native webhook events to send (null = all): " + ", ".join(WEBHOOK_EVENT_TYPES) + ".")
 
     _adjustments: list[Adjustment] = PrivateAttr(default_factory=list)
 
@@ -231,6 +245,17 @@ class TrainingInput(StrictModel):
         if value is None:
             return None
         return _check_url(value, what="webhook_url", allow_data=False, allow_file=False)
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_webhook_events(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for event in value:
+            if event not in WEBHOOK_EVENT_TYPES:
+                raise ValueError(f"webhook_events: unknown event type {event!r}; "
+                                 f"known: {', '.join(WEBHOOK_EVENT_TYPES)}")
+        return list(dict.fromkeys(value))
 
     @field_validator("trigger_phrase")
     @classmethod
@@ -279,6 +304,18 @@ class TrainingInput(StrictModel):
                     )
                 )
         return self
+
+    @model_validator(mode="after")
+    def _checkpoint_interval_in_range(self) -> TrainingInput:
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps > self.number_of_steps:
+            raise ValueError(f"checkpoint_every_steps ({self.checkpoint_every_steps}) must be at most "
+                             f"number_of_steps ({self.number_of_steps})")
+        return self
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Every how many steps a checkpoint is published: `checkpoint_every_steps`, or the validation interval."""
+        return self.checkpoint_every_steps or validation_interval(self.number_of_steps)
 
     @property
     def adjustments(self) -> list[Adjustment]:

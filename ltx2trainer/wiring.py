@@ -44,11 +44,12 @@ class Services:
     @cached_property
     def lifecycle(self) -> Lifecycle:
         from ltx2trainer.billing.ledger import billing_listener
-        from ltx2trainer.notify.webhooks import outbox_listener
+        from ltx2trainer.notify.webhooks import checkpoint_listener, outbox_listener
 
         # Billing first: it settles `usage`, which the webhook payloads then carry.
         return Lifecycle(self.db, listeners=[billing_listener(self.settings.price_per_step),
-                                             outbox_listener(self.settings)])
+                                             outbox_listener(self.settings)],
+                         event_listeners=[checkpoint_listener(self.settings)])
 
     @cached_property
     def store(self) -> JobStore:

@@ -54,6 +54,8 @@ def test_defaults_match_the_hosted_trainer():
         "max_cost_usd": None,
         "debug_dataset": False,
         "seed": None,
+        "checkpoint_every_steps": None,  # native extras of issue 13: null = the validation interval, all events
+        "webhook_events": None,
     }
     assert request.adjustments == []
 

@@ -3,6 +3,7 @@ early stop, gradient accumulation, the optimizer choice, and that it actually le
 
 from __future__ import annotations
 
+import shutil
 import statistics
 
 import pytest
@@ -194,6 +195,23 @@ def test_the_step_hook_hears_of_a_checkpoint_before_it_is_saved(encoded, tmp_pat
         (1, False), (2, False), (3, True), (4, False), (5, False), (6, True), (7, False)]
     assert not any(exists for _, _, exists in seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000006"]
+
+
+def test_published_checkpoints_are_saved_at_the_union_of_both_intervals_and_handed_over(encoded, tmp_path):
+    seen, published = [], []
+    config = TrainConfig(number_of_steps=8, rank=8, checkpoint_every=3, publish_every=4, keep_checkpoints=0)
+    train_lora(load_model("tiny"), TrainingData.load(encoded), config, tmp_path, sample_ids=ids(encoded),
+               on_step=lambda info: seen.append((info.step, info.checkpoint_after)),
+               on_checkpoint=lambda step, checkpoint: published.append((step, checkpoint.lora_file.exists())))
+    assert [step for step, after in seen if after] == [3, 4, 6]  # never the last step: that is the final output
+    assert published == [(4, True)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000004", "step_000006"]
+    # a run resumed from a published step hands it over again first (its publishing may not have happened)
+    shutil.rmtree(tmp_path / "step_000006")
+    again = []
+    resumed = train_lora(load_model("tiny"), TrainingData.load(encoded), config, tmp_path, sample_ids=ids(encoded),
+                         on_checkpoint=lambda step, checkpoint: again.append(step))
+    assert resumed.resumed_from == 4 and again == [4]
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(encoded, tmp_path):

@@ -254,6 +254,20 @@ def test_a_step_is_in_the_usage_ledger_before_its_checkpoint_is_saved(services, 
     assert report(3, checkpoint_after=True) == [1, 2, 3]  # …but all of them before a checkpoint
 
 
+def test_a_diverged_step_is_reported_on_postgresql_without_failing_the_job(tmp_path, postgres_url, dataset_url):
+    # PostgreSQL's JSON type refuses Infinity and NaN: the progress write used to raise and fail the job.
+    from ltx2trainer.training.trainer import StepInfo
+    from ltx2trainer.worker.context import WorkerContext
+
+    services = Services(Settings(data_dir=tmp_path / "data", database_url=postgres_url, allow_private_urls=True))
+    job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
+    job = services.lifecycle.start(job_id, "worker-1", lease_s=60, max_attempts=3)
+    context = WorkerContext(job, services.lifecycle, services.storage, services.settings, "worker-1")
+    context.report_step(StepInfo(1, 100, float("inf"), float("nan"), 0.0, 1e-3, 0.01))
+    progress = services.store.get(job_id).progress
+    assert progress["step"] == 1 and progress["loss"] is None
+
+
 def test_a_job_cancelled_while_queued_never_starts(services, dataset_url):
     job_id = submit(services, {**FAST_JOB, "training_data_url": dataset_url})
     services.lifecycle.request_cancel(job_id, "alice")

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from ltx2trainer import netguard, uploads
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
 from ltx2trainer.api.openapi import TrainingInputBody
-from ltx2trainer.api.render import render_file, render_job
+from ltx2trainer.api.render import render_checkpoints, render_file, render_job
 from ltx2trainer.api.sse import job_event_stream
 from ltx2trainer.billing.ledger import check_budget, estimated_cost, initial_usage
 from ltx2trainer.errors import UserInputError
-from ltx2trainer.jobs.lifecycle import CancelOutcome, IdempotencyConflict, request_hash
+from ltx2trainer.jobs.lifecycle import CHECKPOINT_EVENT, CancelOutcome, IdempotencyConflict, request_hash
 from ltx2trainer.jobs.models import JobStatus
 from ltx2trainer.jobs.store import InvalidCursor
 from ltx2trainer.planning.service import gateway_plan, refusal_message
@@ -238,9 +238,22 @@ def training_file(job_id: str, name: str, principal: PrincipalDep, services: Ser
         for event in services.store.events(job_id, kinds=("output",), limit=1000):
             if event.data.get("name") == name:
                 ref = event.data["file"]
+    if ref is None and name.startswith("checkpoints/"):  # checkpoints/step_000050/lora.safetensors
+        for event in services.store.events(job_id, kinds=(CHECKPOINT_EVENT,), limit=10_000):
+            for file in (event.data.get("files") or {}).values():
+                if isinstance(file, dict) and file.get("key", "").endswith("/" + name):
+                    ref = file
     if not isinstance(ref, dict):
         raise HTTPException(404, detail=f"training {job_id} has no file {name!r}")
     return RedirectResponse(render_file(ref, services, base_url)["url"], status_code=307)
+
+
+@router.get("/trainings/{job_id}/checkpoints", summary="The checkpoints a training published, the final one last")
+def training_checkpoints(job_id: str, principal: PrincipalDep, services: ServicesDep,
+                         base_url: BaseUrlDep) -> dict[str, Any]:
+    job = _owned_job(services, job_id, principal)
+    events = services.store.events(job_id, kinds=(CHECKPOINT_EVENT,), limit=10_000)
+    return {"checkpoints": render_checkpoints(job, events, services, base_url)}
 
 
 @router.post("/estimates", summary="What a training would cost, before submitting it")

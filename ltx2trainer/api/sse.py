@@ -48,6 +48,8 @@ async def job_event_stream(request: Request, services: Services, job_id: str, af
             data = dict(event.data)
             if event.kind == "output" and isinstance(data.get("file"), dict):
                 data["file"] = render_file(data["file"], services, base_url)
+            elif event.kind == "checkpoint" and isinstance(data.get("files"), dict):
+                data["files"] = render_file(data["files"], services, base_url)
             yield format_event(event.id, event.kind, data)
             last_id, last_sent = event.id, time.monotonic()
             finished = finished or (event.kind == "status" and data.get("status") in JobStatus.TERMINAL)

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # listener(session, job, old status or None for a new job, new status)
 TransitionListener = Callable[[Session, JobRow, str | None, str], None]
+# event listener(session, job, event kind, event data): told of the events that are not status changes and that
+# listeners act on (today: "checkpoint"), in the transaction that records the event
+EventListener = Callable[[Session, JobRow, str, dict[str, Any]], None]
+CHECKPOINT_EVENT = "checkpoint"  # the job_events kind of a published checkpoint
 PROGRESS_EVENT_INTERVAL_S = 1.0  # progress is stored on every step, but an event at most once a second
 
 
@@ -56,9 +60,11 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 class Lifecycle:
-    def __init__(self, db: Database, listeners: Sequence[TransitionListener] = ()) -> None:
+    def __init__(self, db: Database, listeners: Sequence[TransitionListener] = (),
+                 event_listeners: Sequence[EventListener] = ()) -> None:
         self.db = db
         self.listeners = list(listeners)
+        self.event_listeners = list(event_listeners)
 
     # --- creation -------------------------------------------------------------------------------------
 
@@ -202,6 +208,25 @@ class Lifecycle:
             job = session.get(JobRow, job_id)
             if job is not None:
                 self._event(session, job, "output", {"name": name, "file": file})
+
+    def record_checkpoint(self, job_id: str, checkpoint: dict[str, Any]) -> bool:
+        """Record a checkpoint the running job published (`{step, train_loss, files}`) as a `checkpoint` event,
+        stamped with `created_at` and `final: false`, and tell the event listeners (the webhook outbox) in the
+        same transaction. Once per step: a resumed attempt that publishes a step again records nothing."""
+        with self.db.session() as session:
+            job = session.get(JobRow, job_id, with_for_update=not self.db.is_sqlite)
+            if job is None or job.status != JobStatus.RUNNING:
+                return False
+            recorded = session.scalars(select(JobEventRow.data).where(
+                JobEventRow.job_id == job_id, JobEventRow.kind == CHECKPOINT_EVENT))
+            if any(data.get("step") == checkpoint["step"] for data in recorded):
+                return False
+            data = {**checkpoint, "created_at": utcnow().isoformat(), "final": False}
+            self._event(session, job, CHECKPOINT_EVENT, data)
+            session.flush()
+            for listener in self.event_listeners:
+                listener(session, job, CHECKPOINT_EVENT, data)
+            return True
 
     def update_usage(self, job_id: str, usage: dict[str, Any]) -> None:
         with self.db.session() as session:

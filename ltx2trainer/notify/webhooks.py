@@ -6,11 +6,14 @@ Two flavors of message, both signed with the Standard Webhooks scheme (`webhook-
 - `fal` (the job's `fal_webhook`, the hosted queue protocol): once, when the job ends —
   `{"request_id", "gateway_request_id", "status": "OK" | "ERROR", "payload", "error", "error_type"}`, with the
   error mapping of the queue's status and result (`fal_protocol.completion_payload`);
-- `native` (the job's `webhook_url`): `training.started` when it first runs and `training.succeeded` /
-  `training.failed` / `training.cancelled` when it ends — `{"type", "timestamp", "data": {id, status, output,
-  error, usage, metadata}}`, the thin shape Standard Webhooks recommends.
+- `native` (the job's `webhook_url`): `training.started` when it first runs, `training.checkpoint` for each
+  checkpoint it publishes, and `training.succeeded` / `training.failed` / `training.cancelled` when it ends —
+  `{"type", "timestamp", "data": {id, status, output, error, usage, metadata}}`, the thin shape Standard
+  Webhooks recommends (a checkpoint's also has `data.checkpoint`). The input's `webhook_events` (a list of
+  these types; none: all) picks which are sent.
 
-`outbox_listener` writes a `WebhookMessageRow` inside the transaction of the status change (so a message is
+`outbox_listener` writes a `WebhookMessageRow` inside the transaction of the status change, and
+`checkpoint_listener` inside the one that records a checkpoint event (so a message is
 never lost and never sent for a change that was rolled back); its id is the `webhook-id`, the same on every
 attempt. `WebhookDeliverer.deliver_due` sends what is due. Each attempt passes the SSRF guard, is one POST
 that does not follow redirects, and is logged as a `WebhookAttemptRow`. 2xx delivers; 410 Gone, a blocked or
@@ -47,7 +50,7 @@ from ltx2trainer.errors import UserInputError
 from ltx2trainer.fal_protocol import completion_payload
 from ltx2trainer.guarded_http import Deadline, guarded_client
 from ltx2trainer.jobs.db import Database, utcnow
-from ltx2trainer.jobs.lifecycle import TransitionListener
+from ltx2trainer.jobs.lifecycle import CHECKPOINT_EVENT, EventListener, TransitionListener
 from ltx2trainer.jobs.models import JobRow, JobStatus
 from ltx2trainer.notify.models import WebhookAttemptRow, WebhookMessageRow, WebhookStatus
 from ltx2trainer.settings import Settings
@@ -65,6 +68,7 @@ EVENT_TYPES = {
     JobStatus.FAILED: "training.failed",
     JobStatus.CANCELLED: "training.cancelled",
 }
+CHECKPOINT_EVENT_TYPE = "training.checkpoint"
 
 # Standard Webhooks' recommended schedule: the wait after the 1st, 2nd, … failed attempt (later ones reuse the
 # last entry). With ±10 % jitter so that receivers that failed together are not retried together.
@@ -89,7 +93,8 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def native_payload(job: JobRow, event_type: str, at: dt.datetime, sequence: int = 1) -> dict[str, Any]:
+def native_payload(job: JobRow, event_type: str, at: dt.datetime, sequence: int = 1,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The native event: Standard Webhooks' recommended `{type, timestamp, data}`, thin (no input, no logs).
 
     `sequence` numbers one job's events from 1 in the order they happened: deliveries are retried
@@ -105,8 +110,20 @@ def native_payload(job: JobRow, event_type: str, at: dt.datetime, sequence: int 
             "error": job.error,
             "usage": job.usage,
             "metadata": job.metadata_,
+            **(extra or {}),
         },
     }
+
+
+def wants_event(job: JobRow, event_type: str) -> bool:
+    """Whether the job's native webhook takes `event_type` (its input's `webhook_events`; none given: all)."""
+    wanted = (job.input or {}).get("webhook_events")
+    return wanted is None or event_type in wanted
+
+
+def _next_sequence(session: Session, job: JobRow) -> int:
+    return 1 + (session.scalar(select(func.count()).where(
+        WebhookMessageRow.job_id == job.id, WebhookMessageRow.flavor == FLAVOR_NATIVE)) or 0)
 
 
 def new_message_id() -> str:
@@ -130,10 +147,10 @@ def outbox_listener(settings: Settings, *, clock: Callable[[], dt.datetime] = ut
             return
         now = clock()
         messages: list[tuple[str, str, dict[str, Any]]] = []
-        if job.webhook_url and not (new_status == JobStatus.RUNNING and _started_already_sent(session, job)):
-            sequence = 1 + (session.scalar(select(func.count()).where(
-                WebhookMessageRow.job_id == job.id, WebhookMessageRow.flavor == FLAVOR_NATIVE)) or 0)
-            messages.append((FLAVOR_NATIVE, job.webhook_url, native_payload(job, event_type, now, sequence)))
+        if job.webhook_url and wants_event(job, event_type) \
+                and not (new_status == JobStatus.RUNNING and _started_already_sent(session, job)):
+            messages.append((FLAVOR_NATIVE, job.webhook_url,
+                             native_payload(job, event_type, now, _next_sequence(session, job))))
         if job.fal_webhook and new_status in JobStatus.TERMINAL:
             messages.append((FLAVOR_FAL, job.fal_webhook, completion_payload(job)))
         for flavor, url, body in messages:
@@ -142,6 +159,26 @@ def outbox_listener(settings: Settings, *, clock: Callable[[], dt.datetime] = ut
                 event_type=event_type, payload=encode_payload(body), status=WebhookStatus.PENDING, attempts=0,
                 next_attempt_at=now, created_at=now,
             ))
+
+    return listener
+
+
+def checkpoint_listener(settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> EventListener:
+    """A `Lifecycle` event listener: a `training.checkpoint` native message for each checkpoint event, in the
+    transaction that records it; `data.checkpoint` is the event's `{step, created_at, train_loss, files,
+    final}` (files signed when sent). The fal webhook has no such event."""
+    del settings
+
+    def listener(session: Session, job: JobRow, kind: str, data: dict[str, Any]) -> None:
+        if kind != CHECKPOINT_EVENT or not job.webhook_url or not wants_event(job, CHECKPOINT_EVENT_TYPE):
+            return
+        now = clock()
+        body = native_payload(job, CHECKPOINT_EVENT_TYPE, now, _next_sequence(session, job), {"checkpoint": data})
+        session.add(WebhookMessageRow(
+            id=new_message_id(), job_id=job.id, owner=job.owner, url=job.webhook_url, flavor=FLAVOR_NATIVE,
+            event_type=CHECKPOINT_EVENT_TYPE, payload=encode_payload(body), status=WebhookStatus.PENDING,
+            attempts=0, next_attempt_at=now, created_at=now,
+        ))
 
     return listener
 

@@ -48,6 +48,8 @@ class JobContext(Protocol):
     def cancelled(self) -> bool: ...
     def publish(self, name: str, path: Path, content_type: str, *, announce: bool = False) -> FileRef: ...
     def open_upload(self, sha256: str) -> BinaryIO: ...  # inline data the gateway stored (uploads.py)
+    # A published checkpoint: {step, train_loss, files: {lora_file, lora_comfyui_file, video}}; once per step.
+    def record_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
 
 def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
@@ -96,6 +98,20 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         for clip in clips:
             ctx.publish(f"validation/{clip.name}", clip, "video/mp4", announce=True)
 
+    def publish_checkpoint(published) -> None:  # a pipeline.train.PublishedCheckpoint
+        prefix = f"checkpoints/step_{published.step:06d}/"
+        exported = published.exported
+        files = {
+            "lora_file": ctx.publish(prefix + "lora.safetensors", exported.lora_file, "application/octet-stream"),
+            "lora_comfyui_file": ctx.publish(prefix + "lora_comfyui.safetensors", exported.comfyui_file,
+                                             "application/octet-stream"),
+            "video": ctx.publish(prefix + "validation.mp4", published.video, "video/mp4") if published.video else None,
+        }
+        loss = None if published.train_loss is None else round(published.train_loss, 6)
+        ctx.record_checkpoint({"step": published.step, "train_loss": loss, "files": files})
+        ctx.log(f"checkpoint of step {published.step} published")
+        shutil.rmtree(exported.lora_file.parent, ignore_errors=True)  # it is in object storage now
+
     overrides = {"checkpoint_every": ctx.settings.checkpoint_every_steps, "compile_blocks": ctx.settings.compile_blocks,
                  **_plan_overrides(ctx, memory_plan)}
     recorded = {"memory_plan": memory_plan.as_dict()} if memory_plan is not None else {}
@@ -106,7 +122,7 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
             work / "dataset", out_dir, training_input, model=ctx.settings.model, text_encoder=text_encoder,
             work_dir=work / "train",
             validation_images=images, on_phase=ctx.set_phase, on_step=ctx.report_step, cancel=ctx.cancelled,
-            on_validation=publish_validation, config_overrides=overrides,
+            on_validation=publish_validation, config_overrides=overrides, on_checkpoint=publish_checkpoint,
             **({"extra": recorded} if takes_extra and recorded else {}),
         )
     except JobCancelled:

@@ -19,21 +19,22 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ltx2trainer.errors import JobCancelled
+from ltx2trainer.errors import JobCancelled, UserInputError
 from ltx2trainer.model.lora import check_lora_state
 from ltx2trainer.model.presets import load_model
+from ltx2trainer.pipeline.annotate import write_combined
 from ltx2trainer.pipeline.encode import encode_dataset, silence_latents
 from ltx2trainer.pipeline.export import ExportedLora, export_lora
 from ltx2trainer.pipeline.preprocess.manifest import read_manifest
 from ltx2trainer.pipeline.validate import ValidationSettings, Validator
-from ltx2trainer.schemas import TrainingInput
+from ltx2trainer.schemas import TrainingInput, validation_interval
 from ltx2trainer.training.cache import cache_dir_for
+from ltx2trainer.training.checkpoint import Checkpoint
 from ltx2trainer.training.data import TrainingData
 from ltx2trainer.training.trainer import StepInfo, TrainConfig, check_train_config, train_lora
 
 log = logging.getLogger(__name__)
 
-VALIDATION_POINTS = 4  # validate at 25 %, 50 %, 75 % and 100 % of the steps
 CHECKPOINT_EVERY_STEPS = 250
 COMBINED_VIDEO_NAME = "validation.mp4"
 
@@ -55,12 +56,24 @@ class TrainingRunResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class PublishedCheckpoint:
+    """A checkpoint handed to `run_training`'s `on_checkpoint`: the adapter exported like the final one, the
+    validation video sampled at its step (if any), and the mean training loss of the (up to) 10 steps ending
+    there (None right after a resume, which has not trained a step yet)."""
+
+    step: int
+    exported: ExportedLora
+    video: Path | None
+    train_loss: float | None
+
+
 def train_config_for(training_input: TrainingInput, **overrides) -> TrainConfig:
     """The engine's configuration for a request (intervals scale with the number of steps)."""
     steps = training_input.number_of_steps
     settings = {
         "checkpoint_every": CHECKPOINT_EVERY_STEPS if steps > CHECKPOINT_EVERY_STEPS else 0,
-        "validation_every": max(steps // VALIDATION_POINTS, 1),
+        "validation_every": validation_interval(steps),
         "gradient_checkpointing": torch.cuda.is_available(),
     }
     return TrainConfig.from_input(training_input, **{**settings, **overrides})
@@ -102,6 +115,7 @@ def run_training(
     cancel: Callable[[], bool] | None = None,
     on_validation: Callable[[int, list[Path]], None] | None = None,
     config_overrides: dict | None = None,
+    on_checkpoint: Callable[[PublishedCheckpoint], None] | None = None,
 ) -> TrainingRunResult:
     """Train a LoRA on the processed dataset in `dataset_dir`; outputs go to `out_dir`.
 
@@ -112,12 +126,16 @@ def run_training(
     `on_validation(step, clip paths)` is called after each validation round. `config_overrides` sets
     `TrainConfig` fields the request has no say in (e.g. `base_precision`, `optimizer`,
     `gradient_accumulation_steps`); settings this device cannot train with fail before anything loads.
+    `on_checkpoint` (main process) gets a `PublishedCheckpoint` every `training_input.checkpoint_interval`
+    steps before the last; without it no checkpoint is exported.
     """
     started = time.perf_counter()
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     work_dir = work_dir or out_dir / ".work"
     phase = on_phase or (lambda name: None)
     main = accelerator.is_main_process
+    if on_checkpoint is not None:
+        config_overrides = {"publish_every": training_input.checkpoint_interval, **(config_overrides or {})}
     config = train_config_for(training_input, **(config_overrides or {}))
     # fp8 without fp8 hardware, adamw8bit without CUDA: refused now, not after minutes of loading and encoding.
     check_train_config(config, accelerator.device)
@@ -155,7 +173,10 @@ def run_training(
     if validator is not None:
         validator.check_transformer()  # STG blocks in range: fail now, not at the first validation
 
+    recent_losses: list[float] = []
+
     def step_hook(info: StepInfo) -> None:
+        recent_losses[:] = [*recent_losses[-9:], info.loss]
         if on_step is not None:
             on_step(info)
         if cancel is not None and cancel():
@@ -172,10 +193,28 @@ def run_training(
             on_validation(step, clips)  # e.g. published while training goes on
         phase("training")
 
+    def publish_checkpoint(step: int, checkpoint: Checkpoint) -> None:
+        from safetensors.torch import load_file
+
+        folder = work_dir / "published" / f"step_{step:06d}"
+        try:
+            exported = export_lora(folder, load_file(str(checkpoint.lora_file)), training_input,
+                                   base_model=components.base, lora_dtype=lora_dtype, steps=step,
+                                   extra={"training": {"steps": step, "checkpoint": True}})
+        except UserInputError as exc:  # diverged or empty so far: nothing worth publishing at this step
+            log.warning("checkpoint of step %d not published: %s", step, exc.message)
+            return
+        clips = [clip for clip in validator.clips if clip.step == step] if validator is not None else []
+        video = write_combined([(clip.path, clip.caption) for clip in clips], folder / COMBINED_VIDEO_NAME) \
+            if clips else None
+        train_loss = sum(recent_losses) / len(recent_losses) if recent_losses else None
+        on_checkpoint(PublishedCheckpoint(step, exported, video, train_loss))
+
     phase("training")
     trained = train_lora(
         components, data, config, work_dir / "checkpoints", sample_ids=[s.id for s in encoded.samples],
         accelerator=accelerator, on_step=step_hook, on_validate=validate if training_input.validation else None,
+        on_checkpoint=publish_checkpoint if on_checkpoint is not None and main else None,
     )
 
     result = TrainingRunResult(

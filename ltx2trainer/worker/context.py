@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ class WorkerContext:
         self._cancel_requested = False
         self._phase: str | None = None
         self._unbilled_steps: list[int] = []  # completed steps not yet in the usage ledger
+        self._unsaved_metrics: list[dict[str, Any]] = []  # their metrics rows (jobs/metrics.py), written with them
 
     # --- the pipeline's JobContext ---------------------------------------------------------------------
 
@@ -71,8 +73,12 @@ class WorkerContext:
         self.lifecycle.log(self.job_id, self.paths.hide(message), level)
 
     def report_step(self, info: Any) -> None:
-        """After every training step: meter it, and every PROGRESS_INTERVAL_S write usage and progress."""
+        """After every training step: meter it, and every PROGRESS_INTERVAL_S write usage, metrics and progress."""
+        from ltx2trainer.jobs.metrics import metric_row
+
         self._unbilled_steps.append(info.step)
+        self._unsaved_metrics.append(metric_row(info.step, info.loss, info.video_loss, info.audio_loss, info.lr,
+                                                info.grad_norm, info.sigma))
         if info.checkpoint_after:
             # A resume starts after this step and never redoes it: it must be in the ledger before the
             # checkpoint exists, or a crash right after the checkpoint would leave it trained and unbilled.
@@ -83,17 +89,23 @@ class WorkerContext:
         self._last_progress = now
         self.flush_usage()
         per_step = info.elapsed_s / max(info.step, 1)
-        report = ProgressReport(step=info.step, total_steps=info.total, loss=round(info.loss, 6), lr=info.lr,
+        # A diverged step's loss (inf, NaN) is not JSON: PostgreSQL's JSON type refuses it, failing the job.
+        loss = round(info.loss, 6) if math.isfinite(info.loss) else None
+        report = ProgressReport(step=info.step, total_steps=info.total, loss=loss, lr=info.lr,
                                 eta_s=round(per_step * (info.total - info.step), 1),
                                 steps_per_s=round(1 / per_step, 3))
         self.lifecycle.report_progress(self.job_id, report.model_dump(mode="json"))
 
     def flush_usage(self) -> None:
-        """Record the steps completed since the last flush in the usage ledger (idempotent per step)."""
+        """Record the steps completed since the last flush in the usage ledger (idempotent per step), and their
+        metrics (one upsert: a step re-run after a resume overwrites its row)."""
         from ltx2trainer.billing.ledger import record_steps
+        from ltx2trainer.jobs.metrics import record_metrics
 
         steps, self._unbilled_steps = self._unbilled_steps, []
         record_steps(self.lifecycle.db, self.job_id, steps, self.settings.price_per_step)
+        metrics, self._unsaved_metrics = self._unsaved_metrics, []
+        record_metrics(self.lifecycle.db, self.job_id, metrics)
 
     def cancelled(self) -> bool:
         if self._lease_lost.is_set():
@@ -114,6 +126,10 @@ class WorkerContext:
         if announce:
             self.lifecycle.publish(self.job_id, name, ref)
         return ref
+
+    def record_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint published under the job's prefix: a `checkpoint` event and its webhook (once per step)."""
+        self.lifecycle.record_checkpoint(self.job_id, checkpoint)
 
     # --- running ------------------------------------------------------------------------------------------
 
