@@ -65,8 +65,11 @@ def test_a_job_runs_on_postgresql_redis_and_s3(tmp_path, postgres_url, redis_url
         uploads = [key for key in keys if "/uploads/" in key]  # the data: URL, stored once at submit
         assert sorted(outputs + uploads) == sorted(keys) and len(uploads) == 1
         assert uploads[0].rsplit("/", 1)[1] in job["input"]["training_data_url"]
-        assert sorted(key.rsplit("/", 1)[1] for key in outputs) == ["config.json", "lora.safetensors",
-                                                                   "lora_comfyui.safetensors"]
+        names = sorted(key.split(f"/{job['id']}/", 1)[1] for key in outputs)
+        steps = job["input"]["number_of_steps"]  # checkpoints every quarter by default, the last is the output
+        checkpoints = [f"checkpoints/step_{step:06d}/{name}" for step in range(steps // 4, steps, steps // 4)
+                       for name in ("lora.safetensors", "lora_comfyui.safetensors")]
+        assert names == sorted(["config.json", "lora.safetensors", "lora_comfyui.safetensors", *checkpoints])
 
         # the worker said at start-up what it serves, and /health shows it under its Celery node name
         assert '"message": "serving ltx-2 2.0 (preset: tiny)"' in service.worker_log.read_text()
