@@ -51,6 +51,13 @@ VALIDATION_POINTS = 4  # validation runs at 25 %, 50 %, 75 % and 100 % of the st
 # The native webhook events (notify/webhooks.py); `webhook_events` picks among them.
 WEBHOOK_EVENT_TYPES = ("training.started", "training.checkpoint", "training.succeeded", "training.failed",
                        "training.cancelled")
+# The fields of the training input that decide how its data is prepared, as the schema names them.
+DATASET_FIELDS = ("number_of_frames", "frame_rate", "resolution", "aspect_ratio", "with_audio", "audio_normalize",
+                  "audio_preserve_pitch", "trigger_phrase", "auto_scale_input", "split_input_into_scenes",
+                  "split_input_duration_threshold")
+# What a training continued from a checkpoint (`resume_from`) takes from its parent: the same data, prepared and
+# encoded once, and the same adapter shape. A request may repeat these, but not change them.
+RESUMED_FIELDS = ("training_data_url", "rank", *DATASET_FIELDS)
 
 
 def validation_interval(number_of_steps: int) -> int:
@@ -163,6 +170,13 @@ class ValidationPrompt(StrictModel):
         return _check_url(value, what="image_url", allow_data=True, allow_file=allow_file)
 
 
+class ResumeFrom(StrictModel):
+    """A checkpoint of one of the caller's finished trainings, to continue from."""
+
+    training_id: str = Field(..., min_length=1, max_length=64, description="The training to continue.")
+    step: int = Field(..., ge=1, description="Its checkpoint's step (one that GET .../checkpoints lists).")
+
+
 class TrainingInput(StrictModel):
     """A training request, field for field as the hosted LTX-2 video trainer accepts it, plus native extras."""
 
@@ -223,6 +237,11 @@ class TrainingInput(StrictModel):
         "null = at every validation (a quarter of number_of_steps).")
     webhook_events: list[str] | None = Field(
         None, description="The native webhook events to send (null = all): " + ", ".join(WEBHOOK_EVENT_TYPES) + ".")
+    resume_from: ResumeFrom | None = Field(
+        None, description="Continue one of your finished trainings from one of its checkpoints, on its prepared and "
+        "encoded data (nothing is fetched, prepared or encoded again). Its data and rank are taken from it "
+        "(training_data_url may be left out); number_of_steps, learning_rate and the rest are this request's, "
+        "and only this request's steps are billed.")
 
     _adjustments: list[Adjustment] = PrivateAttr(default_factory=list)
 
@@ -405,6 +424,9 @@ class TrainingOutput(BaseModel):
     debug_dataset: StoredFile | None = None  # the processed dataset as a zip, when `debug_dataset` was asked
     lora_comfyui_file: StoredFile | None = None  # the LoRA in the original (ComfyUI, ltx-core) key layout
     metrics: TrainingMetrics | CancelledTrainingMetrics | None = None
+    # Set when one of the job's checkpoints is its output instead of its last step (promoted by the user, or
+    # the best one after early stopping): the LoRA files, config.json and video are that step's.
+    promoted_step: int | None = None
 
 
 # The output fields that hold a file (downloadable at /v1/trainings/{id}/files/{name}).

@@ -51,33 +51,37 @@ def render_file(ref: dict[str, Any], services: Services, base_url: str) -> dict[
     return render_refs(services.storage, ref, expires_s=services.settings.file_url_ttl_s, base_url=base_url)
 
 
-CHECKPOINT_FILES = ("lora_file", "lora_comfyui_file", "video")
+CHECKPOINT_FILES = ("lora_file", "lora_comfyui_file", "config_file", "video")
 
 
-def render_checkpoints(job: JobRow, events: list[JobEventRow], services: Services, base_url: str) -> list[dict[str, Any]]:
+def render_checkpoints(job: JobRow, events: list[JobEventRow], final: dict[str, Any] | None, services: Services,
+                       base_url: str) -> list[dict[str, Any]]:
     """The job's published checkpoints, oldest first (one per step, from its `checkpoint` events), then its
-    final output as the last one (`final: true`) once it has one (succeeded; cancelled: the last checkpoint's
-    LoRA). `cost_usd` is what the steps up to the checkpoint cost at the job's fixed unit price; files are
-    Files with freshly signed URLs, as in the outputs."""
+    own last-step output `final` (`jobs/promotion.final_output`) as the last one (`final: true`) once it has
+    one (succeeded; cancelled: the last checkpoint's LoRA). `promoted` marks the checkpoint that was made the
+    job's output (`output.promoted_step`); none is when the output is the last step's own. `cost_usd` is what the steps up to the checkpoint cost at the job's fixed unit price; files are Files
+    with freshly signed URLs, as in the outputs."""
     by_step: dict[int, dict[str, Any]] = {}
     for event in events:
         by_step.setdefault(int(event.data["step"]), event.data)  # a step is recorded once; the first wins
-    if job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) and job.output and job.output.get("lora_file"):
-        metrics = job.output.get("metrics") or {}
+    promoted_step = (job.output or {}).get("promoted_step")
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) and final and final.get("lora_file"):
+        metrics = final.get("metrics") or {}
         step = metrics.get("steps") or job.input.get("number_of_steps", 0)
         by_step[int(step)] = {
             "step": step, "created_at": job.finished_at.isoformat() if job.finished_at else None,
-            "train_loss": metrics.get("final_loss"),
-            "files": {name: job.output.get(name) for name in CHECKPOINT_FILES}, "final": True,
+            "train_loss": metrics.get("final_loss"), "holdout_loss": metrics.get("holdout_loss"),
+            "files": {name: final.get(name) for name in CHECKPOINT_FILES}, "final": True,
         }
     price = services.settings.price_per_step
     return [{
         "step": step,
         "created_at": data.get("created_at"),
         "train_loss": data.get("train_loss"),
-        "holdout_loss": None,
+        "holdout_loss": data.get("holdout_loss"),
         "cost_usd": str(estimated_cost(step, job.usage, price)),
         "files": render_file({name: (data.get("files") or {}).get(name) for name in CHECKPOINT_FILES},
                              services, base_url),
         "final": bool(data.get("final")),
+        "promoted": step == promoted_step,
     } for step, data in sorted(by_step.items())]

@@ -20,11 +20,13 @@ from ltx2trainer import netguard, uploads
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
 from ltx2trainer.api.openapi import TrainingInputBody
 from ltx2trainer.api.render import render_checkpoints, render_file, render_job
+from ltx2trainer.api.resume import with_parent_fields
 from ltx2trainer.api.sse import job_event_stream
 from ltx2trainer.billing.ledger import check_budget, estimated_cost, initial_usage
 from ltx2trainer.errors import UserInputError
 from ltx2trainer.jobs.lifecycle import CHECKPOINT_EVENT, CancelOutcome, IdempotencyConflict, request_hash
 from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.jobs.promotion import PromoteOutcome, final_output, promote
 from ltx2trainer.jobs.store import InvalidCursor
 from ltx2trainer.planning.service import gateway_plan, refusal_message
 from ltx2trainer.schemas import OUTPUT_FILES, ProgressReport, TrainingInput, TrainingJob
@@ -35,13 +37,15 @@ MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit integers in both databases
 router = APIRouter(prefix="/v1", tags=["trainings"])
 
 
-def validate_training_input(body: Any, allow_file_urls: bool) -> TrainingInput:
-    """The request body as a TrainingInput, or a 422 with one entry per problem (FastAPI's shape)."""
+def validate_training_input(body: Any, allow_file_urls: bool, *, allow_uploads: bool = False) -> TrainingInput:
+    """The request body as a TrainingInput, or a 422 with one entry per problem (FastAPI's shape).
+    `allow_uploads`: the body may refer to data the gateway stored (`upload:`), as a parent's does."""
     if not isinstance(body, dict):
         raise HTTPException(422, detail=[{"loc": ["body"], "msg": "the body must be a JSON object",
                                           "type": "dict_type"}])
     try:
-        return TrainingInput.model_validate(body, context={"allow_file_urls": allow_file_urls})
+        return TrainingInput.model_validate(body, context={"allow_file_urls": allow_file_urls,
+                                                           "allow_uploads": allow_uploads})
     except ValidationError as exc:
         raise HTTPException(422, detail=[
             {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
@@ -83,7 +87,9 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
                     app_id: str | None = None, fal_webhook: str | None = None):
     """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
     fal facade. An idempotent replay returns the original job before any budget is checked again."""
-    training_input = validate_training_input(body, services.settings.allow_file_urls)
+    resumed = with_parent_fields(services, principal.owner, body)  # `resume_from`: the parent's data and rank
+    training_input = validate_training_input(resumed, services.settings.allow_file_urls,
+                                             allow_uploads=resumed is not body)
     for what, url in (("webhook_url", training_input.webhook_url), ("fal_webhook", fal_webhook)):
         if url:  # refused now rather than failing every delivery later
             try:
@@ -253,13 +259,39 @@ def training_checkpoints(job_id: str, principal: PrincipalDep, services: Service
                          base_url: BaseUrlDep) -> dict[str, Any]:
     job = _owned_job(services, job_id, principal)
     events = services.store.events(job_id, kinds=(CHECKPOINT_EVENT,), limit=10_000)
-    return {"checkpoints": render_checkpoints(job, events, services, base_url)}
+    with services.db.session() as session:
+        final = final_output(session, job)
+    return {"checkpoints": render_checkpoints(job, events, final, services, base_url)}
+
+
+@router.post("/trainings/{job_id}/checkpoints/{step}/promote", response_model=TrainingJob,
+             summary="Make one of a finished training's checkpoints its output")
+def promote_checkpoint(job_id: str, step: int, request: Request, principal: PrincipalDep, services: ServicesDep,
+                       base_url: BaseUrlDep) -> TrainingJob:
+    """The checkpoint's LoRA files, config.json and validation clip become the output (`output.promoted_step`
+    says which step); promoting the last step restores the job's own output. Idempotent and free."""
+    outcome, job = promote(services.db, job_id, principal.owner, step)
+    if outcome is PromoteOutcome.NOT_FOUND:
+        raise HTTPException(404, detail=f"no training {job_id}")
+    if outcome is PromoteOutcome.NOT_FINISHED:
+        raise HTTPException(409, detail=f"training {job_id} is {job.status}; only a succeeded or cancelled "
+                                        "training's checkpoints can be promoted")
+    if outcome is PromoteOutcome.NO_CHECKPOINT:
+        raise HTTPException(404, detail=f"training {job_id} has no checkpoint of step {step}; "
+                                        f"GET /v1/trainings/{job_id}/checkpoints lists them")
+    if outcome is PromoteOutcome.NOT_PROMOTABLE:
+        raise HTTPException(409, detail=f"the checkpoint of step {step} was published without its config.json "
+                                        "and cannot be promoted")
+    request.app.state.poll_cache.forget(job_id)  # polls and the queue facade's result see it at once
+    return render_job(services.store.get(job_id, principal.owner), services, base_url)
 
 
 @router.post("/estimates", summary="What a training would cost, before submitting it")
 def estimate(principal: PrincipalDep, services: ServicesDep,
              body: TrainingInputBody) -> dict[str, Any]:
-    training_input = validate_training_input(body, services.settings.allow_file_urls)
+    resumed = with_parent_fields(services, principal.owner, body)
+    training_input = validate_training_input(resumed, services.settings.allow_file_urls,
+                                             allow_uploads=resumed is not body)
     steps = training_input.number_of_steps
     rate = _recent_steps_per_second(services)
     memory_plan, memory_error = gateway_plan(training_input, services.settings)

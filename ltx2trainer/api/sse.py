@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ltx2trainer.api.render import render_file, render_output
 from ltx2trainer.jobs.models import JobStatus
+from ltx2trainer.jobs.promotion import FINAL_OUTPUT_EVENT
 from ltx2trainer.wiring import Services
 
 POLL_S = 0.5
@@ -45,6 +46,9 @@ async def job_event_stream(request: Request, services: Services, job_id: str, af
                 finished = True
                 events = await run_in_threadpool(services.store.events, job_id, after_id=last_id, limit=BATCH)
         for event in events:
+            last_id = event.id
+            if event.kind == FINAL_OUTPUT_EVENT:  # bookkeeping of promotion (raw storage keys): not for clients
+                continue
             data = dict(event.data)
             if event.kind == "output" and isinstance(data.get("file"), dict):
                 data["file"] = render_file(data["file"], services, base_url)

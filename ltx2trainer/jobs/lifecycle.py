@@ -163,7 +163,7 @@ class Lifecycle:
                 job.started_at = job.started_at or now
                 self._transition(session, job, JobStatus.RUNNING)
             else:
-                self._event(session, job, "log", _log_line(f"resuming on {worker} (attempt {job.attempt})", "WARN"))
+                self._event(session, job, "log", log_line(f"resuming on {worker} (attempt {job.attempt})", "WARN"))
             return job
 
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
@@ -200,7 +200,7 @@ class Lifecycle:
     def log(self, job_id: str, message: str, level: str = "INFO") -> None:
         with self.db.session() as session:
             if session.get(JobRow, job_id) is not None:
-                session.add(JobEventRow(job_id=job_id, kind="log", data=_log_line(message, level)))
+                session.add(JobEventRow(job_id=job_id, kind="log", data=log_line(message, level)))
 
     def publish(self, job_id: str, name: str, file: dict[str, Any]) -> None:
         """Record an output file made before the end (e.g. a validation video) as an `output` event."""
@@ -251,7 +251,7 @@ class Lifecycle:
                 return False
             job.lease_owner = None
             job.lease_expires_at = None
-            self._event(session, job, "log", _log_line(reason, "WARN"))
+            self._event(session, job, "log", log_line(reason, "WARN"))
             self._transition(session, job, JobStatus.QUEUED)
             return True
 
@@ -268,7 +268,7 @@ class Lifecycle:
             ).rowcount == 1
             if claimed:
                 job = session.get(JobRow, job_id)
-                self._event(session, job, "log", _log_line("the queue lost this job's message; queued again", "WARN"))
+                self._event(session, job, "log", log_line("the queue lost this job's message; queued again", "WARN"))
             return claimed
 
     # --- the user's side ------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ class Lifecycle:
                 return CancelOutcome.ALREADY_TERMINAL
             if job.cancel_requested_at is None:
                 job.cancel_requested_at = utcnow()
-                self._event(session, job, "log", _log_line("cancellation requested", "WARN"))
+                self._event(session, job, "log", log_line("cancellation requested", "WARN"))
             if job.status == JobStatus.QUEUED:
                 self._transition(session, job, JobStatus.CANCELLED,
                                  error={"type": "cancelled", "message": "cancelled before it started"})
@@ -336,7 +336,8 @@ class Lifecycle:
             listener(session, job, old, new)
 
 
-def _log_line(message: str, level: str) -> dict[str, Any]:
+def log_line(message: str, level: str) -> dict[str, Any]:
+    """A `log` event's data."""
     return {"message": message, "level": level, "timestamp": utcnow().isoformat()}
 
 

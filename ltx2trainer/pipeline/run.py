@@ -12,8 +12,6 @@ gateway turns them into time-limited URLs when it answers.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import logging
 import shutil
 import zipfile
@@ -22,9 +20,18 @@ from typing import Any, BinaryIO, Protocol
 
 from ltx2trainer.errors import JobCancelled, ModelError, UserInputError
 from ltx2trainer.model.identity import BaseModelInfo, describe_model  # torch-free
+from ltx2trainer.pipeline.continuation import (
+    PREPARED_ARCHIVE,
+    ParentCheckpoint,
+    check_parent_model,
+    pack_prepared,
+    unpack_prepared,
+)
 from ltx2trainer.pipeline.dataset_source import fetch_and_prepare
 from ltx2trainer.pipeline.fetch import download, local_path
 from ltx2trainer.pipeline.preprocess import Progress
+from ltx2trainer.pipeline.preprocess.manifest import REPORT_NAME
+from ltx2trainer.pipeline.preprocess.report import PrepareReport
 from ltx2trainer.schemas import CancelledTrainingMetrics, TrainingInput, TrainingMetrics, TrainingOutput
 from ltx2trainer.settings import Settings
 from ltx2trainer.uploads import parse_reference
@@ -48,8 +55,12 @@ class JobContext(Protocol):
     def cancelled(self) -> bool: ...
     def publish(self, name: str, path: Path, content_type: str, *, announce: bool = False) -> FileRef: ...
     def open_upload(self, sha256: str) -> BinaryIO: ...  # inline data the gateway stored (uploads.py)
-    # A published checkpoint: {step, train_loss, files: {lora_file, lora_comfyui_file, video}}; once per step.
+    # A published checkpoint: {step, train_loss, files: {lora_file, lora_comfyui_file, config_file, video}}; once
+    # per step.
     def record_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    # `resume_from`: the caller's training's checkpoint of `step`, downloaded into `folder`; raises
+    # UserInputError when it is not the owner's, not finished, or has no such checkpoint.
+    def fetch_parent(self, training_id: str, step: int, folder: Path) -> ParentCheckpoint: ...
 
 
 def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
@@ -75,15 +86,20 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         training_input = _with_validation_adjusted(training_input, memory_plan)
 
     ctx.set_phase("fetching")
-    ctx.log("fetching the training data")
-    source, allow_local = None, None
-    if (upload := parse_reference(training_input.training_data_url)) is not None:  # the gateway's (uploads.py)
-        source, allow_local = str(_read_upload(ctx, work / "fetch", *upload)), True
-    prepared = fetch_and_prepare(training_input, work / "fetch", work / "dataset", ctx.settings, source=source,
-                                 allow_local=allow_local, on_phase=ctx.set_phase,
-                                 on_progress=_prepare_logger(ctx), cancel=ctx.cancelled)
-    ctx.log(f"dataset: {prepared.report.describe()}")
-    for skipped in prepared.report.skipped:
+    parent = None
+    if training_input.resume_from is not None:  # the parent's data, as it prepared and encoded it
+        parent = _continue_from(ctx, training_input, base)
+        report = PrepareReport.read(work / "dataset")
+    else:
+        ctx.log("fetching the training data")
+        source, allow_local = None, None
+        if (upload := parse_reference(training_input.training_data_url)) is not None:  # the gateway's (uploads.py)
+            source, allow_local = str(_read_upload(ctx, work / "fetch", *upload)), True
+        report = fetch_and_prepare(training_input, work / "fetch", work / "dataset", ctx.settings, source=source,
+                                   allow_local=allow_local, on_phase=ctx.set_phase,
+                                   on_progress=_prepare_logger(ctx), cancel=ctx.cancelled).report
+    ctx.log(f"dataset: {report.describe()}")
+    for skipped in report.skipped:
         ctx.log(f"skipped {skipped.source}: {skipped.reason} ({skipped.detail})", "WARN")
 
     images = _fetch_validation_images(ctx, training_input)
@@ -105,6 +121,7 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
             "lora_file": ctx.publish(prefix + "lora.safetensors", exported.lora_file, "application/octet-stream"),
             "lora_comfyui_file": ctx.publish(prefix + "lora_comfyui.safetensors", exported.comfyui_file,
                                              "application/octet-stream"),
+            "config_file": ctx.publish(prefix + "config.json", exported.config_file, "application/json"),
             "video": ctx.publish(prefix + "validation.mp4", published.video, "video/mp4") if published.video else None,
         }
         loss = None if published.train_loss is None else round(published.train_loss, 6)
@@ -115,21 +132,22 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
     overrides = {"checkpoint_every": ctx.settings.checkpoint_every_steps, "compile_blocks": ctx.settings.compile_blocks,
                  **_plan_overrides(ctx, memory_plan)}
     recorded = {"memory_plan": memory_plan.as_dict()} if memory_plan is not None else {}
-    # run_training passes `extra` to config.json once it takes one; until then the plan is added afterwards.
-    takes_extra = "extra" in inspect.signature(run_training).parameters
+    if parent is not None:
+        recorded["parent"] = parent.recorded()
     try:
         result = run_training(
             work / "dataset", out_dir, training_input, model=ctx.settings.model, text_encoder=text_encoder,
             work_dir=work / "train",
             validation_images=images, on_phase=ctx.set_phase, on_step=ctx.report_step, cancel=ctx.cancelled,
             on_validation=publish_validation, config_overrides=overrides, on_checkpoint=publish_checkpoint,
-            **({"extra": recorded} if takes_extra and recorded else {}),
+            initial_lora=parent.lora_file if parent is not None else None, extra=recorded,
         )
     except JobCancelled:
         ctx.partial_output = _publish_last_checkpoint(ctx, training_input, work, base, recorded)
+        if ctx.partial_output is not None:
+            _store_prepared(ctx, work)
         raise
-    if recorded and not takes_extra and result.exported is not None:
-        _add_to_config(result.exported.config_file, recorded)
+    _store_prepared(ctx, work)
 
     ctx.set_phase("publishing")
     exported = result.exported
@@ -139,7 +157,7 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         video=ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
         lora_comfyui_file=ctx.publish("lora_comfyui.safetensors", exported.comfyui_file, "application/octet-stream"),
         metrics=TrainingMetrics(steps=result.steps_done, final_loss=result.losses[-1] if result.losses else None,
-                                training_seconds=round(result.seconds, 2), samples=prepared.counts.samples_out),
+                                training_seconds=round(result.seconds, 2), samples=report.counts.samples_out),
         debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
                                   "application/zip") if training_input.debug_dataset else None,
     )
@@ -208,10 +226,25 @@ def _plan_overrides(ctx: JobContext, memory_plan) -> dict[str, Any]:
     return {key: value for key, value in wanted.items() if key in known}
 
 
-def _add_to_config(config_file: Path, recorded: dict[str, Any]) -> None:
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config.update(recorded)
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _continue_from(ctx: JobContext, training_input: TrainingInput, base: BaseModelInfo) -> ParentCheckpoint:
+    """Fetch the parent's checkpoint and prepared data, check it was trained on this worker's model, and put
+    its data where preparing and encoding would have (kept by a resumed attempt of this job)."""
+    resume = training_input.resume_from
+    ctx.log(f"continuing training {resume.training_id} from its checkpoint of step {resume.step}, on its "
+            "prepared and encoded data")
+    parent = ctx.fetch_parent(resume.training_id, resume.step, ctx.work_dir / "parent")
+    check_parent_model(parent, base)
+    if not (ctx.work_dir / "dataset" / REPORT_NAME).exists():
+        unpack_prepared(parent.prepared, ctx.work_dir)
+    return parent
+
+
+def _store_prepared(ctx: JobContext, work: Path) -> None:
+    """Keep the prepared dataset and encoded latents with the job, so that a training can continue from its
+    checkpoints without preparing or encoding again (pipeline/continuation.py)."""
+    archive = pack_prepared(work, work / "prepared_data.zip")
+    ctx.publish(PREPARED_ARCHIVE, archive, "application/zip")
+    archive.unlink(missing_ok=True)
 
 
 def _cancel_check(ctx: JobContext):

@@ -116,6 +116,8 @@ def run_training(
     on_validation: Callable[[int, list[Path]], None] | None = None,
     config_overrides: dict | None = None,
     on_checkpoint: Callable[[PublishedCheckpoint], None] | None = None,
+    initial_lora: Path | None = None,
+    extra: dict | None = None,
 ) -> TrainingRunResult:
     """Train a LoRA on the processed dataset in `dataset_dir`; outputs go to `out_dir`.
 
@@ -128,6 +130,9 @@ def run_training(
     `gradient_accumulation_steps`); settings this device cannot train with fail before anything loads.
     `on_checkpoint` (main process) gets a `PublishedCheckpoint` every `training_input.checkpoint_interval`
     steps before the last; without it no checkpoint is exported.
+    `initial_lora` (a LoRA file of either layout, of `training_input.rank`) is where the adapter starts instead
+    of its usual initialisation: a training continued from a checkpoint. `extra` goes into every config.json
+    written (the final one and the checkpoints'), e.g. the memory plan and the parent checkpoint.
     """
     started = time.perf_counter()
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -200,7 +205,7 @@ def run_training(
         try:
             exported = export_lora(folder, load_file(str(checkpoint.lora_file)), training_input,
                                    base_model=components.base, lora_dtype=lora_dtype, steps=step,
-                                   extra={"training": {"steps": step, "checkpoint": True}})
+                                   extra={**(extra or {}), "training": {"steps": step, "checkpoint": True}})
         except UserInputError as exc:  # diverged or empty so far: nothing worth publishing at this step
             log.warning("checkpoint of step %d not published: %s", step, exc.message)
             return
@@ -210,11 +215,16 @@ def run_training(
         train_loss = sum(recent_losses) / len(recent_losses) if recent_losses else None
         on_checkpoint(PublishedCheckpoint(step, exported, video, train_loss))
 
+    initial = None
+    if initial_lora is not None:
+        from ltx2trainer.model.lora import read_lora_file
+
+        initial = read_lora_file(initial_lora)
     phase("training")
     trained = train_lora(
         components, data, config, work_dir / "checkpoints", sample_ids=[s.id for s in encoded.samples],
         accelerator=accelerator, on_step=step_hook, on_validate=validate if training_input.validation else None,
-        on_checkpoint=publish_checkpoint if on_checkpoint is not None and main else None,
+        on_checkpoint=publish_checkpoint if on_checkpoint is not None and main else None, initial_lora=initial,
     )
 
     result = TrainingRunResult(
@@ -231,7 +241,8 @@ def run_training(
         result.exported = export_lora(
             out_dir, trained.lora_state, training_input, base_model=base, lora_dtype=lora_dtype,
             steps=trained.steps_done,
-            extra={"training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,
+            extra={**(extra or {}),
+                   "training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,
                                                 len(encoded.samples), data.has_audio, config)},
         )
         if validator is not None:

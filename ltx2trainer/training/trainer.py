@@ -183,8 +183,12 @@ def train_lora(
     on_validate: Callable[[int], None] | None = None,
     on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
     resume: bool = True,
+    initial_lora: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train a LoRA on `components.transformer` (it is attached here) and return its final weights."""
+    """Train a LoRA on `components.transformer` (it is attached here) and return its final weights.
+
+    `initial_lora` (module-path keys, `model/lora.read_lora_file`) replaces the adapter's initial weights: a
+    training continued from another's checkpoint. This run's own checkpoints, when it resumes, come first."""
     accelerator = accelerator or Accelerator(cpu=components.device.type == "cpu")
     check_train_config(config, accelerator.device)
     transformer = components.transformer
@@ -207,6 +211,8 @@ def train_lora(
     if found is not None:  # the LoRA weights go in before sharding, while they are whole tensors
         lora_state, state = load_checkpoint(found)
         load_lora_state(transformer, {k: v.to(components.device) for k, v in lora_state.items()})
+    elif initial_lora is not None:  # trained in float32 like any LoRA here, whatever dtype it was shipped in
+        load_lora_state(transformer, {k: v.to(components.device, torch.float32) for k, v in initial_lora.items()})
     fsdp = config.sharding == "fsdp" and accelerator.num_processes > 1
     if fsdp:
         shard_transformer(transformer)

@@ -131,6 +131,44 @@ class WorkerContext:
         """A checkpoint published under the job's prefix: a `checkpoint` event and its webhook (once per step)."""
         self.lifecycle.record_checkpoint(self.job_id, checkpoint)
 
+    def fetch_parent(self, training_id: str, step: int, folder: Path):
+        """`resume_from`: the owner's training's checkpoint of `step` (its LoRA) and its prepared data, downloaded
+        into `folder` (a pipeline.continuation.ParentCheckpoint)."""
+        from ltx2trainer.errors import UserInputError
+        from ltx2trainer.jobs.promotion import PROMOTABLE, checkpoint_steps
+        from ltx2trainer.pipeline.continuation import PREPARED_ARCHIVE, ParentCheckpoint
+        from ltx2trainer.storage import job_prefix
+
+        with self.lifecycle.db.session() as session:
+            parent = session.get(JobRow, training_id)
+            if parent is None or parent.owner != self.owner:
+                raise UserInputError(f"resume_from: no training {training_id}", code="not_found")
+            if parent.status not in PROMOTABLE:
+                raise UserInputError(f"resume_from: training {training_id} is {parent.status}; a training can "
+                                     "continue from one that succeeded or was cancelled")
+            files = checkpoint_steps(session, parent).get(step)
+        if files is None:
+            raise UserInputError(f"resume_from: training {training_id} has no checkpoint of step {step}",
+                                 code="not_found")
+        folder.mkdir(parents=True, exist_ok=True)
+        lora_file, prepared = folder / "lora.safetensors", folder / "prepared_data.zip"
+        self._download(files["lora_file"]["key"], lora_file)
+        try:
+            self._download(job_prefix(self.owner, training_id) + PREPARED_ARCHIVE, prepared)
+        except FileNotFoundError:
+            raise UserInputError(f"resume_from: training {training_id}'s prepared data is not stored (it finished "
+                                 "before trainings could be continued); submit with its training_data_url instead",
+                                 code="not_found") from None
+        return ParentCheckpoint(training_id, step, lora_file, prepared)
+
+    def _download(self, key: str, target: Path) -> None:
+        import shutil
+
+        tmp = target.with_name(target.name + ".part")
+        with self.storage.open(key) as source, open(tmp, "wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+        tmp.replace(target)
+
     # --- running ------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager

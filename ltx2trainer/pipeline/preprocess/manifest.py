@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ltx2trainer.schemas import TrainingInput, frame_size, input_default
+from ltx2trainer.schemas import DATASET_FIELDS, TrainingInput, frame_size, input_default
 
 MANIFEST_NAME = "manifest.jsonl"
 REPORT_NAME = "report.json"
@@ -22,12 +22,8 @@ MEDIA_DIR_NAME = "media"
 STATE_DIR_NAME = ".state"  # per-sample completion records and scene caches, for resuming
 
 
-# The fields of the training input that decide how its data is prepared, as the schema names them. All but
-# the frame size are `PrepareOptions` fields of the same name; resolution and aspect_ratio become width and
-# height in pixels (library callers and tests may ask for any size, not only a preset).
-DATASET_FIELDS = ("number_of_frames", "frame_rate", "resolution", "aspect_ratio", "with_audio", "audio_normalize",
-                  "audio_preserve_pitch", "trigger_phrase", "auto_scale_input", "split_input_into_scenes",
-                  "split_input_duration_threshold")
+# DATASET_FIELDS (schemas.py): all but the frame size are `PrepareOptions` fields of the same name; resolution
+# and aspect_ratio become width and height in pixels (library callers and tests may ask for any size).
 _FRAME_SIZE_FIELDS = ("resolution", "aspect_ratio")
 _DEFAULT_WIDTH, _DEFAULT_HEIGHT = frame_size(input_default("resolution"), input_default("aspect_ratio"))
 
