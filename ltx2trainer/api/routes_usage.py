@@ -132,9 +132,17 @@ def _dashboard_row(job: JobRow, services, base_url: str, price) -> dict[str, Any
 
 pages = APIRouter(include_in_schema=False)
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text(encoding="utf-8")
+TRAINING_HTML = (Path(__file__).parent / "static" / "training.html").read_text(encoding="utf-8")
 
 
 @pages.get("/dashboard")
 def dashboard_page() -> HTMLResponse:
     """The billing dashboard: a static page that signs in with an API key and reads /v1/dashboard."""
     return HTMLResponse(DASHBOARD_HTML, headers={"Cache-Control": "no-store"})
+
+
+@pages.get("/dashboard/trainings/{job_id}")
+def training_page(job_id: str) -> HTMLResponse:  # the page reads the id from its own path
+    """One training's page: status, cost, input, loss curve and checkpoints (clips, downloads, promote). The
+    same static page for every id: it signs in like the dashboard and reads the job's /v1 resources."""
+    return HTMLResponse(TRAINING_HTML, headers={"Cache-Control": "no-store"})
