@@ -67,7 +67,7 @@ def render_checkpoints(job: JobRow, events: list[JobEventRow], services: Service
         step = metrics.get("steps") or job.input.get("number_of_steps", 0)
         by_step[int(step)] = {
             "step": step, "created_at": job.finished_at.isoformat() if job.finished_at else None,
-            "train_loss": metrics.get("final_loss"),
+            "train_loss": metrics.get("final_loss"), "holdout_loss": metrics.get("holdout_loss"),
             "files": {name: job.output.get(name) for name in CHECKPOINT_FILES}, "final": True,
         }
     price = services.settings.price_per_step
@@ -75,7 +75,7 @@ def render_checkpoints(job: JobRow, events: list[JobEventRow], services: Service
         "step": step,
         "created_at": data.get("created_at"),
         "train_loss": data.get("train_loss"),
-        "holdout_loss": None,
+        "holdout_loss": data.get("holdout_loss"),
         "cost_usd": str(estimated_cost(step, job.usage, price)),
         "files": render_file({name: (data.get("files") or {}).get(name) for name in CHECKPOINT_FILES},
                              services, base_url),
