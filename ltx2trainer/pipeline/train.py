@@ -152,6 +152,8 @@ def run_training(
     config = train_config_for(training_input, **(config_overrides or {}))
     # fp8 without fp8 hardware, adamw8bit without CUDA: refused now, not after minutes of loading and encoding.
     check_train_config(config, accelerator.device)
+    # A holdout_fraction that leaves nothing to train on, likewise (the manifest's ids are the samples' ids).
+    split_holdout([row.id for row in read_manifest(dataset_dir)], training_input.holdout_fraction)
 
     phase("encoding")  # (the job phases of docs/service.md: loading the model counts as encoding)
     # Staged loading, stage 1: only what encoding needs (Gemma, connectors, VAEs); the transformer comes in
@@ -171,7 +173,7 @@ def run_training(
     split = split_holdout([s.id for s in encoded.samples], training_input.holdout_fraction)
     holdout = data.subset(split.held_out) if split.held_out else None
     data = data.subset(split.train)
-    if holdout is not None:
+    if holdout is not None and main:
         log.info("holding out %d of %d samples (holdout_fraction %g): the held-out loss is measured on them",
                  len(split.held_out), len(encoded.samples), split.fraction)
 
@@ -180,7 +182,8 @@ def run_training(
     # lockstep; only the main one's clips are kept and published.
     sharded = config.sharding == "fsdp" and accelerator.num_processes > 1
     if holdout is not None and sharded:
-        log.info("held-out loss not measured: a sharded (FSDP) forward needs every process")
+        if main:
+            log.info("held-out loss not measured: a sharded (FSDP) forward needs every process")
         holdout = None
 
     def holdout_loss() -> float | None:  # on the main process, the transformer in whatever mode it is in
