@@ -120,9 +120,6 @@ def metrics_csv(rows: Sequence[tuple], checkpoints: Sequence[tuple] = ()) -> str
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    holdout = {row[0]: row[2] for row in checkpoints if row[2] is not None}
-    if holdout:
-        writer.writerows((*row, holdout.get(row[0])) for row in rows)
-    else:  # most steps: no checkpoint, an empty last column
-        writer.writerows((*row, None) for row in rows)
+    holdout = {step: loss for step, _, loss in checkpoints}  # (None is written as an empty field)
+    writer.writerows((*row, holdout.get(row[0])) for row in rows)
     return out.getvalue()
