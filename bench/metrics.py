@@ -1,11 +1,12 @@
 """How fast `GET /v1/trainings/{id}/metrics` answers for a long job: 10 000 steps, on SQLite and PostgreSQL.
 
-    .venv/bin/python bench/metrics.py [--steps 10000] [--repeat 20]
+    .venv/bin/python bench/metrics.py [--steps 10000] [--repeat 20] [--checkpoints 4]
                                       [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 
 For each database (a fresh SQLite file; a fresh PostgreSQL database, dropped afterwards): the schema through the
 migrations, one job of the owner, `--steps` metric rows written the way the worker writes them (`record_metrics`,
-in flushes of 50 rows; timed too), then each format fetched through the real app (FastAPI's TestClient: the
+in flushes of 50 rows; timed too) and `--checkpoints` evenly spaced checkpoint rows with a held-out loss
+(`record_checkpoint_metrics`: the JSON's `checkpoints`, the CSV's last column), then each format fetched through the real app (FastAPI's TestClient: the
 routing, auth, middleware and encoding a request goes through, without a socket) `--repeat` times after one
 warm-up. Prints a table of the median and worst times, and the body sizes. Target: well under a second.
 """
@@ -31,7 +32,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from ltx2trainer.api import create_app  # noqa: E402
 from ltx2trainer.jobs.keys import create_key  # noqa: E402
-from ltx2trainer.jobs.metrics import metric_row, record_metrics  # noqa: E402
+from ltx2trainer.jobs.metrics import metric_row, record_checkpoint_metrics, record_metrics  # noqa: E402
 from ltx2trainer.settings import Settings  # noqa: E402
 from ltx2trainer.wiring import Services  # noqa: E402
 
@@ -59,7 +60,7 @@ def postgres_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def measure(database: str, url: str, folder: Path, steps: int, repeat: int) -> list[dict]:
+def measure(database: str, url: str, folder: Path, steps: int, repeat: int, checkpoints: int) -> list[dict]:
     settings = Settings(data_dir=folder / "data", database_url=url)
     services = Services(settings)
     app = create_app(settings, services=services)
@@ -74,6 +75,9 @@ def measure(database: str, url: str, folder: Path, steps: int, repeat: int) -> l
     for start in range(0, steps, FLUSH_ROWS):
         record_metrics(services.db, job.id, rows[start:start + FLUSH_ROWS])
     write_s = time.perf_counter() - started
+    marked = [steps * (i + 1) // checkpoints for i in range(checkpoints)] if checkpoints else []
+    for step in marked:  # the default interval: a quarter of the steps (the last is the final step's row)
+        record_checkpoint_metrics(services.db, job.id, step, rng.uniform(0.05, 1.5), rng.uniform(0.05, 1.5))
 
     results = []
     with TestClient(app) as client:
@@ -88,7 +92,15 @@ def measure(database: str, url: str, folder: Path, steps: int, repeat: int) -> l
                 size = len(response.content)
                 if attempt:  # the first one warms up
                     times.append(elapsed)
-            rows_back = len(response.json()["data"]) if fmt == "json" else response.text.count("\n") - 1
+            if fmt == "json":
+                body = response.json()
+                rows_back = len(body["data"])
+                assert [row["step"] for row in body["checkpoints"]] == marked, body["checkpoints"]
+            else:
+                lines = response.text.splitlines()
+                rows_back = len(lines) - 1
+                filled = [int(line.split(",", 1)[0]) for line in lines[1:] if not line.endswith(",")]
+                assert lines[0].endswith(",holdout_loss") and filled == marked, filled
             assert rows_back == steps, rows_back
             results.append({"database": database, "format": fmt, "rows": rows_back, "bytes": size,
                             "median_ms": 1000 * statistics.median(times), "max_ms": 1000 * max(times),
@@ -101,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--checkpoints", type=int, default=4, help="checkpoint rows with a held-out loss")
     parser.add_argument("--postgres-url", default=POSTGRES_ADMIN_URL)
     args = parser.parse_args()
 
@@ -108,12 +121,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         with sqlite_database(folder) as url:
-            results += measure("sqlite", url, folder / "sqlite", args.steps, args.repeat)
+            results += measure("sqlite", url, folder / "sqlite", args.steps, args.repeat, args.checkpoints)
         with postgres_database(args.postgres_url) as url:
-            results += measure("postgresql", url, folder / "postgresql", args.steps, args.repeat)
+            results += measure("postgresql", url, folder / "postgresql", args.steps, args.repeat, args.checkpoints)
 
-    print(f"GET /v1/trainings/{{id}}/metrics, {args.steps} steps, {args.repeat} requests each after a warm-up "
-          f"(TestClient, in process)")
+    print(f"GET /v1/trainings/{{id}}/metrics, {args.steps} steps and {args.checkpoints} checkpoints, {args.repeat} "
+          "requests each after a warm-up (TestClient, in process)")
     print(f"{'database':<11} {'format':<6} {'rows':>6} {'bytes':>9} {'median ms':>10} {'max ms':>8} "
           f"{'write s':>8}")
     for r in results:

@@ -92,6 +92,9 @@ def train(
                                                                       "Audio in validation videos.")] = None,
     stg_scale: Annotated[float | None, input_option("stg_scale", "Spatio-temporal guidance (0 disables).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    holdout_fraction: Annotated[float | None, typer.Option(
+        min=0.0, max=0.5, help="Fraction of the samples held out of the training, chosen from their ids, for a "
+        "held-out loss after the last step (default: 0.1 from 10 samples on, else none).")] = None,
     base_precision: Annotated[BasePrecisionChoice, typer.Option(help=BASE_PRECISION_HELP)] = BasePrecisionChoice.bf16,
     optimizer: Annotated[OptimizerChoice, typer.Option(help=OPTIMIZER_HELP)] = OptimizerChoice.adamw,
     gradient_accumulation_steps: Annotated[int, typer.Option(min=1, help=ACCUMULATION_HELP)] = 1,
@@ -115,6 +118,7 @@ def train(
             validation_number_of_frames=validation_number_of_frames, validation_frame_rate=validation_frame_rate,
             validation_resolution=validation_resolution, validation_aspect_ratio=validation_aspect_ratio,
             generate_audio_in_validation=generate_audio_in_validation, stg_scale=stg_scale, seed=seed,
+            holdout_fraction=holdout_fraction,
         ),
     }
     training_input = validate_input(fields)
@@ -169,6 +173,9 @@ def run_with_progress(dataset: Path, out: Path, training_input, *, model: str, t
                   f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")
     console.print(f"LoRA (diffusers): {result.exported.lora_file}\nLoRA (ComfyUI):   {result.exported.comfyui_file}")
     console.print(f"config:           {result.exported.config_file}")
+    if result.holdout_loss is not None:
+        console.print(f"held-out loss:    {result.holdout_loss:.4f} (on {result.holdout_samples} samples never "
+                      "trained on; fixed noise, sigmas 0.25/0.5/0.75)")
     if result.video is not None:
         console.print(f"validation video: {result.video}")
 

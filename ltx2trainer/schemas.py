@@ -235,6 +235,11 @@ class TrainingInput(StrictModel):
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Publish a checkpoint (LoRA files, validation clip, loss) every this many steps; "
         "null = at every validation (a quarter of number_of_steps).")
+    holdout_fraction: float | None = Field(
+        None, ge=0.0, le=0.5, description="The fraction of the prepared samples held out of the training (chosen "
+        "from the sample ids, so the same ones on every run of a dataset) to measure a held-out loss at each "
+        "checkpoint; at least 1 sample when above 0, and at least 1 must be left to train on. null = 0.1 when the "
+        "prepared dataset has at least 10 samples, else 0 (none held out).")
     webhook_events: list[str] | None = Field(
         None, description="The native webhook events to send (null = all): " + ", ".join(WEBHOOK_EVENT_TYPES) + ".")
     resume_from: ResumeFrom | None = Field(
@@ -402,6 +407,8 @@ class TrainingMetrics(BaseModel):
     final_loss: float | None  # None only for a run that trained no step
     training_seconds: float
     samples: int  # training samples in the prepared dataset
+    # The loss on the held-out samples after the last step (holdout_fraction); None when none were held out.
+    holdout_loss: float | None = None
 
 
 class CancelledTrainingMetrics(BaseModel):

@@ -11,7 +11,15 @@ import math
 import pytest
 import torch
 
-from ltx2trainer.jobs.metrics import COLUMNS, metric_row, read_metrics, record_metrics
+from ltx2trainer.jobs.metrics import (
+    COLUMNS,
+    CSV_COLUMNS,
+    metric_row,
+    read_checkpoint_metrics,
+    read_metrics,
+    record_checkpoint_metrics,
+    record_metrics,
+)
 from ltx2trainer.training.trainer import StepInfo
 from ltx2trainer.worker.context import WorkerContext
 from tests.api_harness import WORKER, Api, store_output
@@ -39,8 +47,8 @@ def metrics(api: Api, job_id: str, fmt: str = "json", headers: dict[str, str] | 
 def test_metrics_are_listed_as_json_and_csv_while_the_job_runs_and_after(api):
     job_id = api.submit()["id"]
     empty = metrics(api, job_id)  # queued: nothing yet
-    assert empty.status_code == 200 and empty.json() == {"object": "list", "data": []}
-    assert metrics(api, job_id, "csv").text == ",".join(COLUMNS) + "\n"
+    assert empty.status_code == 200 and empty.json() == {"object": "list", "data": [], "checkpoints": []}
+    assert metrics(api, job_id, "csv").text == ",".join(CSV_COLUMNS) + "\n"
 
     context = worker_context(api, job_id)
     for step in (1, 2, 3):
@@ -58,8 +66,9 @@ def test_metrics_are_listed_as_json_and_csv_while_the_job_runs_and_after(api):
     response = metrics(api, job_id, "csv")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(response.text)))
-    assert table[0] == list(COLUMNS) and [row[0] for row in table[1:]] == ["1", "2", "3"]
-    assert [float(value) for value in table[2]] == pytest.approx([2, 0.5, 0.375, 0.125, 1e-4 * 0.998, 0.25, 0.5])
+    assert table[0] == list(CSV_COLUMNS) and [row[0] for row in table[1:]] == ["1", "2", "3"]
+    assert [float(value) for value in table[2][:-1]] == pytest.approx([2, 0.5, 0.375, 0.125, 1e-4 * 0.998, 0.25, 0.5])
+    assert [row[-1] for row in table[1:]] == ["", "", ""]  # holdout_loss: no checkpoint yet
 
     store_output(api, job_id)  # finished: the metrics stay
     assert [row["step"] for row in metrics(api, job_id).json()["data"]] == [1, 2, 3]
@@ -97,7 +106,34 @@ def test_a_flush_of_thousands_of_steps_is_written_whole(api):
     rows = [metric_row(step, 1.0 / step, learning_rate=1e-4) for step in range(1, 5001)]
     assert record_metrics(api.services.db, job_id, rows) == 5000  # past one statement's parameters on SQLite
     lines = metrics(api, job_id, "csv").text.splitlines()
-    assert len(lines) == 5001 and lines[-1] == "5000,0.0002,,,0.0001,,"
+    assert len(lines) == 5001 and lines[-1] == "5000,0.0002,,,0.0001,,,"
+
+
+def test_checkpoint_rows_are_listed_beside_the_steps_and_fill_the_csv_holdout_column(api):
+    job_id = api.submit()["id"]
+    context = worker_context(api, job_id)
+    for step in range(1, 7):
+        context.report_step(step_info(step, total=6, loss=1.0 / step))
+        if step in (2, 4):  # what pipeline/run.py's publish_checkpoint hands the context
+            context.record_checkpoint({"step": step, "train_loss": 0.75, "holdout_loss": 0.5 + step / 100,
+                                       "files": {"lora_file": None, "lora_comfyui_file": None, "video": None}})
+    context.flush_usage()
+    context.record_checkpoint({"step": 4, "train_loss": 0.7, "holdout_loss": math.nan, "files": {}})  # resumed
+    record_checkpoint_metrics(api.services.db, job_id, 6, 0.25, None)  # what the final step's row holds
+    assert read_checkpoint_metrics(api.services.db, job_id)[0] == (2, 0.75, 0.52)
+
+    body = metrics(api, job_id).json()
+    assert [row["step"] for row in body["data"]] == [1, 2, 3, 4, 5, 6]
+    assert body["checkpoints"] == [{"step": 2, "train_loss": 0.75, "holdout_loss": 0.52},
+                                   {"step": 4, "train_loss": 0.7, "holdout_loss": None},  # overwritten; NaN: null
+                                   {"step": 6, "train_loss": None, "holdout_loss": 0.25}]
+    table = list(csv.reader(io.StringIO(metrics(api, job_id, "csv").text)))
+    assert table[0] == list(CSV_COLUMNS) and table[0][-1] == "holdout_loss"
+    assert [(row[0], row[-1]) for row in table[1:]] == [("1", ""), ("2", "0.52"), ("3", ""), ("4", ""), ("5", ""),
+                                                         ("6", "0.25")]  # one row per step, as before
+    assert all(len(row) == len(CSV_COLUMNS) for row in table)
+    listed = api.client.get(f"/v1/trainings/{job_id}/checkpoints", headers=api.alice).json()["checkpoints"]
+    assert [(c["step"], c["holdout_loss"]) for c in listed] == [(2, 0.52), (4, 0.54)]  # the events: first wins
 
 
 def test_another_owners_metrics_are_not_found_and_the_format_is_checked(api):

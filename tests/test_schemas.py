@@ -55,6 +55,7 @@ def test_defaults_match_the_hosted_trainer():
         "debug_dataset": False,
         "seed": None,
         "checkpoint_every_steps": None,  # native extras of issue 13: null = the validation interval, all events
+        "holdout_fraction": None,  # null = 0.1 of a dataset of at least 10 samples, else none held out
         "webhook_events": None,
     }
     assert request.adjustments == []
@@ -247,10 +248,14 @@ def test_the_output_keeps_each_summarys_own_keys_as_the_job_stores_it():
 
     finished = {"lora_file": ref("lora.safetensors"), "config_file": ref("config.json"), "video": None,
                 "debug_dataset": None, "lora_comfyui_file": ref("lora_comfyui.safetensors"),
-                "metrics": {"steps": 100, "final_loss": 0.5, "training_seconds": 12.5, "samples": 2}}
+                "metrics": {"steps": 100, "final_loss": 0.5, "training_seconds": 12.5, "samples": 2,
+                            "holdout_loss": 0.625}}
     cancelled = {**finished, "metrics": {"steps": 50, "cancelled_at_step": 50}}
     for stored in (finished, cancelled):
         assert TrainingOutput.model_validate(stored).model_dump(mode="json") == stored
+    # stored before holdout_fraction existed: still a finished run's summary, without a held-out loss
+    older = {**finished, "metrics": {"steps": 100, "final_loss": 0.5, "training_seconds": 12.5, "samples": 2}}
+    assert TrainingOutput.model_validate(older).metrics.holdout_loss is None
     assert OUTPUT_FILES == ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
 
 

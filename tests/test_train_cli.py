@@ -104,6 +104,18 @@ def test_train_refuses_what_this_machine_cannot_run_before_loading_anything(prep
     assert not out.exists()  # refused before encoding
 
 
+def test_train_takes_a_holdout_fraction_and_refuses_one_that_leaves_nothing_to_train_on(prepared, tmp_path):
+    run = subprocess.run([*CLI, "train", str(prepared / "ds"), "--out", str(tmp_path / "o"), "--model", "tiny",
+                          "--holdout-fraction", "0.5"], capture_output=True, text=True, check=False, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert ("error (invalid_input): holdout_fraction 0.5 holds out 1 of the dataset's 1 sample, leaving none to "
+            "train on") in " ".join(run.stderr.split()), run.stderr[-2000:]
+    assert not (tmp_path / "o").exists()  # refused before loading the model and encoding
+    run = subprocess.run([*CLI, "train", str(prepared / "ds"), "--out", str(tmp_path / "o"),
+                          "--holdout-fraction", "0.6"], capture_output=True, text=True, check=False, timeout=120)
+    assert run.returncode == 2 and "holdout-fraction" in run.stderr
+
+
 def test_train_names_an_unknown_base_precision_or_accumulation(prepared, tmp_path):
     for option in (["--base-precision", "int4"], ["--gradient-accumulation-steps", "0"]):
         run = subprocess.run([*CLI, "train", str(prepared / "ds"), "--out", str(tmp_path / "o"), *option],

@@ -12,7 +12,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from ltx2trainer.api.deps import PrincipalDep, ServicesDep
-from ltx2trainer.jobs.metrics import COLUMNS, metrics_csv, metrics_json, read_metrics
+from ltx2trainer.jobs.metrics import (
+    CHECKPOINT_COLUMNS,
+    COLUMNS,
+    metrics_csv,
+    metrics_json,
+    read_checkpoint_metrics,
+    read_metrics,
+)
 
 router = APIRouter(prefix="/v1", tags=["trainings"])
 
@@ -21,8 +28,11 @@ router = APIRouter(prefix="/v1", tags=["trainings"])
     "/trainings/{job_id}/metrics",
     summary="A training's metrics per step (JSON or CSV)",
     description=f"One row per completed training step: {', '.join(COLUMNS)}. A step re-run after a resume "
-    "has one row (the latest run's). JSON: `{\"object\": \"list\", \"data\": [...]}`, non-finite values as "
-    "null; CSV: a header row, then one row per step.",
+    "has one row (the latest run's). JSON: `{\"object\": \"list\", \"data\": [...], \"checkpoints\": [...]}` "
+    f"(`checkpoints`: one row per published checkpoint and the final step, {', '.join(CHECKPOINT_COLUMNS)}; "
+    "`holdout_loss` is the loss on the samples held out of the training, null when none were), non-finite "
+    "values as null; CSV: a header row, then one row per step, with a last column `holdout_loss` filled only "
+    "on checkpoint steps.",
 )
 def training_metrics(
     job_id: str,
@@ -33,7 +43,8 @@ def training_metrics(
     if services.store.get(job_id, principal.owner) is None:
         raise HTTPException(404, detail=f"no training {job_id}")
     rows = read_metrics(services.db, job_id)
+    checkpoints = read_checkpoint_metrics(services.db, job_id)
     if fmt == "csv":
-        return Response(metrics_csv(rows), media_type="text/csv",
+        return Response(metrics_csv(rows, checkpoints), media_type="text/csv",
                         headers={"Content-Disposition": f'inline; filename="{job_id}-metrics.csv"'})
-    return Response(metrics_json(rows), media_type="application/json")
+    return Response(metrics_json(rows, checkpoints), media_type="application/json")

@@ -5,14 +5,14 @@
   key: a step re-run after a crash and resume overwrites the row of the attempt that died, never duplicates it.
 - Reading (`read_metrics`, `metrics_json`, `metrics_csv`): `GET /v1/trainings/{id}/metrics`, while the job runs
   and after. Plain column tuples and the standard library's encoders: 10 000 steps answer in about 0.1 s.
-
-Held-out loss: not built yet (there is no held-out split). It will be measured once per checkpoint, not per
-step, on samples the training never sees, so it gets a table of its own, one row per checkpoint
-(`job_checkpoint_metrics`: job_id, step, holdout_loss; key (job_id, step)), written by the worker in the flush
-before the checkpoint's event, read here by a `read_checkpoint_metrics` beside `read_metrics`, and shown as the
-checkpoints listing's `holdout_loss` (null today, `api/render.render_checkpoints`). Today's probe loss
-(`training/probe.py`) is computed on the training samples with noise the training never drew: it is not
-held-out data, and it is not stored per job.
+- Checkpoints (`job_checkpoint_metrics`, `record_checkpoint_metrics`, `read_checkpoint_metrics`): the held-out
+  loss is measured once per published checkpoint (and after the last step), not per step, on the samples the
+  training never sees (`training/holdout.py`), so it has a table of its own, one row per checkpoint (job_id,
+  step, holdout_loss, train_loss; key (job_id, step)). The worker writes a row when it records a checkpoint
+  (just before the checkpoint's event) and one for the final step when the job succeeds. The metrics route
+  lists them beside the steps (JSON `checkpoints`; CSV column `holdout_loss`, filled at checkpoint steps) and
+  the checkpoints listing shows `holdout_loss` from the checkpoint's event (`api/render.render_checkpoints`).
+  The probe loss (`training/probe.py` on the training samples) is not stored per job.
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ltx2trainer.jobs.db import Database
-from ltx2trainer.jobs.models import JobMetricRow
+from ltx2trainer.jobs.models import JobCheckpointMetricRow, JobMetricRow
 
 # The columns of a metrics row after `step`, in the order of the API's objects and CSV header.
 METRIC_FIELDS = ("loss", "video_loss", "audio_loss", "learning_rate", "grad_norm", "sigma")
 COLUMNS = ("step", *METRIC_FIELDS)
+# The CSV's columns: a step's metrics, then the held-out loss, filled only on checkpoint steps.
+CSV_COLUMNS = (*COLUMNS, "holdout_loss")
+# A checkpoint's row, in the order of the API's objects.
+CHECKPOINT_COLUMNS = ("step", "train_loss", "holdout_loss")
 MAX_ROWS_PER_STATEMENT = 2_000  # x 8 parameters
 
 
@@ -69,24 +73,53 @@ def read_metrics(db: Database, job_id: str) -> Sequence[tuple]:
                                   .order_by(JobMetricRow.step)).all()
 
 
+def record_checkpoint_metrics(db: Database, job_id: str, step: int, holdout_loss: float | None,
+                              train_loss: float | None) -> None:
+    """Insert or overwrite the checkpoint row of (job, step); a non-finite loss is stored as NULL (SQLite would,
+    PostgreSQL would keep a NaN)."""
+    dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(JobCheckpointMetricRow).values(
+        job_id=job_id, step=step, holdout_loss=_finite(holdout_loss), train_loss=_finite(train_loss))
+    statement = statement.on_conflict_do_update(
+        index_elements=["job_id", "step"],
+        set_={"holdout_loss": statement.excluded.holdout_loss, "train_loss": statement.excluded.train_loss})
+    with db.session() as session:
+        session.execute(statement)
+
+
+def read_checkpoint_metrics(db: Database, job_id: str) -> Sequence[tuple]:
+    """The job's checkpoint rows as tuples in `CHECKPOINT_COLUMNS` order, by step."""
+    columns = [getattr(JobCheckpointMetricRow, name) for name in CHECKPOINT_COLUMNS]
+    with db.engine.connect() as connection:
+        return connection.execute(select(*columns).where(JobCheckpointMetricRow.job_id == job_id)
+                                  .order_by(JobCheckpointMetricRow.step)).all()
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def metrics_json(rows: Sequence[tuple]) -> str:
-    """`{"object": "list", "data": [{step, loss, ...}, ...]}`; a non-finite value (a diverged loss) is null."""
+def metrics_json(rows: Sequence[tuple], checkpoints: Sequence[tuple] = ()) -> str:
+    """`{"object": "list", "data": [{step, loss, ...}, ...], "checkpoints": [{step, train_loss, holdout_loss},
+    ...]}`; a non-finite value (a diverged loss) is null."""
     data = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    marks = [{name: _finite(value) for name, value in zip(CHECKPOINT_COLUMNS, row, strict=True)}
+             for row in checkpoints]  # a handful: always looked at
     try:
-        return json.dumps({"object": "list", "data": data}, separators=(",", ":"), allow_nan=False)
+        return json.dumps({"object": "list", "data": data, "checkpoints": marks}, separators=(",", ":"),
+                          allow_nan=False)
     except ValueError:  # rare: only then is every value looked at (twice as slow)
         data = [{name: _finite(value) for name, value in item.items()} for item in data]
-        return json.dumps({"object": "list", "data": data}, separators=(",", ":"), allow_nan=False)
+        return json.dumps({"object": "list", "data": data, "checkpoints": marks}, separators=(",", ":"),
+                          allow_nan=False)
 
 
-def metrics_csv(rows: Sequence[tuple]) -> str:
-    """A header row (`COLUMNS`), then one row per step; an unknown value is empty, a non-finite one nan/inf."""
+def metrics_csv(rows: Sequence[tuple], checkpoints: Sequence[tuple] = ()) -> str:
+    """A header row (`CSV_COLUMNS`), then one row per step; an unknown value is empty, a non-finite one nan/inf.
+    The last column, `holdout_loss`, is filled only on the steps of `checkpoints` (empty elsewhere)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(rows)
+    writer.writerow(CSV_COLUMNS)
+    holdout = {step: loss for step, _, loss in checkpoints}  # (None is written as an empty field)
+    writer.writerows((*row, holdout.get(row[0])) for row in rows)
     return out.getvalue()

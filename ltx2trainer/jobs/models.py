@@ -118,8 +118,8 @@ class WorkerRow(Base):
 
 class JobMetricRow(Base):
     """One training step's metrics (written by the worker, `ltx2trainer.jobs.metrics`). (job, step) is the key:
-    a step re-run after a resume overwrites its row. Held-out losses, per checkpoint, will get a table of their
-    own (see `jobs/metrics.py`): they are not per step."""
+    a step re-run after a resume overwrites its row. Held-out losses, measured per checkpoint and not per step,
+    have a table of their own: `JobCheckpointMetricRow`."""
 
     __tablename__ = "job_metrics"
 
@@ -131,3 +131,17 @@ class JobMetricRow(Base):
     learning_rate: Mapped[float | None] = mapped_column(Float, default=None)
     grad_norm: Mapped[float | None] = mapped_column(Float, default=None)
     sigma: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class JobCheckpointMetricRow(Base):
+    """One published checkpoint's losses (written by the worker when it records the checkpoint, and for the
+    final step when the job succeeds; `ltx2trainer.jobs.metrics`): the loss on the held-out samples at fixed
+    noise and sigmas, and the training loss shown with the checkpoint. (job, step) is the key: a checkpoint
+    published again by a resumed attempt overwrites its row."""
+
+    __tablename__ = "job_checkpoint_metrics"
+
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holdout_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    train_loss: Mapped[float | None] = mapped_column(Float, default=None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import zipfile
 from pathlib import Path
@@ -55,8 +56,8 @@ class JobContext(Protocol):
     def cancelled(self) -> bool: ...
     def publish(self, name: str, path: Path, content_type: str, *, announce: bool = False) -> FileRef: ...
     def open_upload(self, sha256: str) -> BinaryIO: ...  # inline data the gateway stored (uploads.py)
-    # A published checkpoint: {step, train_loss, files: {lora_file, lora_comfyui_file, config_file, video}}; once
-    # per step.
+    # A published checkpoint: {step, train_loss, holdout_loss, files: {lora_file, lora_comfyui_file, config_file,
+    # video}}; once per step.
     def record_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     # `resume_from`: the caller's training's checkpoint of `step`, downloaded into `folder`; raises
     # UserInputError when it is not the owner's, not finished, or has no such checkpoint.
@@ -125,7 +126,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
             "video": ctx.publish(prefix + "validation.mp4", published.video, "video/mp4") if published.video else None,
         }
         loss = None if published.train_loss is None else round(published.train_loss, 6)
-        ctx.record_checkpoint({"step": published.step, "train_loss": loss, "files": files})
+        ctx.record_checkpoint({"step": published.step, "train_loss": loss,
+                               "holdout_loss": _finite_rounded(published.holdout_loss), "files": files})
         ctx.log(f"checkpoint of step {published.step} published")
         shutil.rmtree(exported.lora_file.parent, ignore_errors=True)  # it is in object storage now
 
@@ -157,10 +159,16 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         video=ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
         lora_comfyui_file=ctx.publish("lora_comfyui.safetensors", exported.comfyui_file, "application/octet-stream"),
         metrics=TrainingMetrics(steps=result.steps_done, final_loss=result.losses[-1] if result.losses else None,
-                                training_seconds=round(result.seconds, 2), samples=report.counts.samples_out),
+                                training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
+                                holdout_loss=_finite_rounded(result.holdout_loss)),
         debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
                                   "application/zip") if training_input.debug_dataset else None,
     )
+
+
+def _finite_rounded(value: float | None) -> float | None:
+    """A loss for JSON (events, outputs): 6 decimals; None, inf or NaN (a diverged one) as None."""
+    return round(value, 6) if value is not None and math.isfinite(value) else None
 
 
 def _memory_plan(ctx: JobContext, training_input: TrainingInput):

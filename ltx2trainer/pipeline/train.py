@@ -1,7 +1,8 @@
 """Train stage, end to end: a processed dataset in, a LoRA with its config and validation video out.
 
-    load model → encode (once, cached) → encode validation prompts → free the text encoder
-    → attach LoRA and train (checkpoints, validation at intervals) → export
+    load model → encode (once, cached) → hold out samples (training/holdout.py) → encode validation prompts
+    → free the text encoder → attach LoRA and train (checkpoints with their held-out loss, validation at
+    intervals) → held-out loss of the last step → export
 
 Runs the same in one process or under `accelerate launch` with several (DDP): the main process encodes
 first and the others then read its cache; only the main process validates and writes outputs.
@@ -31,6 +32,8 @@ from ltx2trainer.schemas import TrainingInput, validation_interval
 from ltx2trainer.training.cache import cache_dir_for
 from ltx2trainer.training.checkpoint import Checkpoint
 from ltx2trainer.training.data import TrainingData
+from ltx2trainer.training.holdout import split_holdout
+from ltx2trainer.training.probe import probe_loss
 from ltx2trainer.training.trainer import StepInfo, TrainConfig, check_train_config, train_lora
 
 log = logging.getLogger(__name__)
@@ -54,18 +57,24 @@ class TrainingRunResult:
     samples_encoded: int = 0
     samples_reused: int = 0
     seconds: float = 0.0
+    # The loss after the last step on the held-out samples (training/holdout.py), at fixed noise and sigmas;
+    # None without held-out samples, under multi-process FSDP, or on processes other than the main one.
+    holdout_loss: float | None = None
+    holdout_samples: int = 0
 
 
 @dataclass(frozen=True)
 class PublishedCheckpoint:
     """A checkpoint handed to `run_training`'s `on_checkpoint`: the adapter exported like the final one, the
     validation video sampled at its step (if any), and the mean training loss of the (up to) 10 steps ending
-    there (None right after a resume, which has not trained a step yet)."""
+    there (None right after a resume, which has not trained a step yet), and the loss on the held-out samples
+    at fixed noise and sigmas (None when none are held out, or under multi-process FSDP)."""
 
     step: int
     exported: ExportedLora
     video: Path | None
     train_loss: float | None
+    holdout_loss: float | None = None
 
 
 def train_config_for(training_input: TrainingInput, **overrides) -> TrainConfig:
@@ -80,15 +89,19 @@ def train_config_for(training_input: TrainingInput, **overrides) -> TrainConfig:
 
 
 def training_summary(losses: list[float], steps: int, processes: int, samples: int, has_audio: bool,
-                     config: TrainConfig | None = None) -> dict:
+                     config: TrainConfig | None = None, *, holdout_loss: float | None = None,
+                     holdout_samples: int = 0) -> dict:
     """What config.json records about the run (losses of this process's run; a resumed run's own steps), and
-    how it was trained where that is not in the request: base precision, optimizer, batch and accumulation."""
+    how it was trained where that is not in the request: base precision, optimizer, batch and accumulation.
+    `samples` counts every sample, the `holdout_samples` held out of the training included; `holdout_loss` is
+    their loss after the last step."""
     window = min(10, len(losses))
     mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
     summary = {
         "steps": steps, "processes": processes, "samples": samples, "dataset_has_audio": has_audio,
         "final_loss": losses[-1] if losses else None,
         "loss_first_10": mean(losses[:window]), "loss_last_10": mean(losses[-window:]),
+        "holdout_loss": holdout_loss, "holdout_samples": holdout_samples,
     }
     if config is not None:
         summary.update(
@@ -144,6 +157,8 @@ def run_training(
     config = train_config_for(training_input, **(config_overrides or {}))
     # fp8 without fp8 hardware, adamw8bit without CUDA: refused now, not after minutes of loading and encoding.
     check_train_config(config, accelerator.device)
+    # A holdout_fraction that leaves nothing to train on, likewise (the manifest's ids are the samples' ids).
+    split_holdout([row.id for row in read_manifest(dataset_dir)], training_input.holdout_fraction)
 
     phase("encoding")  # (the job phases of docs/service.md: loading the model counts as encoding)
     # Staged loading, stage 1: only what encoding needs (Gemma, connectors, VAEs); the transformer comes in
@@ -158,11 +173,27 @@ def run_training(
         if any(row.audio is None for row in rows):
             silence = silence_latents(components, cache_dir, rows[0].frames, encoded.frame_rate)
     data = TrainingData.load(encoded, silence)
+    # The held-out samples (training/holdout.py: chosen from the sample ids alone) are never given to the
+    # training loop; their loss is measured at each published checkpoint and after the last step.
+    split = split_holdout([s.id for s in encoded.samples], training_input.holdout_fraction)
+    holdout = data.subset(split.held_out) if split.held_out else None
+    data = data.subset(split.train)
+    if holdout is not None and main:
+        log.info("holding out %d of %d samples (holdout_fraction %g): the held-out loss is measured on them",
+                 len(split.held_out), len(encoded.samples), split.fraction)
 
     validator = None
     # A sharded (FSDP) transformer's forward needs every process, so then every process samples in
     # lockstep; only the main one's clips are kept and published.
     sharded = config.sharding == "fsdp" and accelerator.num_processes > 1
+    if holdout is not None and sharded:
+        if main:
+            log.info("held-out loss not measured: a sharded (FSDP) forward needs every process")
+        holdout = None
+
+    def holdout_loss() -> float | None:  # on the main process, the transformer in whatever mode it is in
+        return probe_loss(components, holdout) if holdout is not None else None
+
     if training_input.validation and (main or sharded):
         images = validation_images or [None] * len(training_input.validation)
         clips_dir = out_dir / "validation" if main else work_dir / f"validation-process-{accelerator.process_index}"
@@ -213,7 +244,7 @@ def run_training(
         video = write_combined([(clip.path, clip.caption) for clip in clips], folder / COMBINED_VIDEO_NAME) \
             if clips else None
         train_loss = sum(recent_losses) / len(recent_losses) if recent_losses else None
-        on_checkpoint(PublishedCheckpoint(step, exported, video, train_loss))
+        on_checkpoint(PublishedCheckpoint(step, exported, video, train_loss, holdout_loss()))
 
     initial = None
     if initial_lora is not None:
@@ -222,7 +253,8 @@ def run_training(
         initial = read_lora_file(initial_lora)
     phase("training")
     trained = train_lora(
-        components, data, config, work_dir / "checkpoints", sample_ids=[s.id for s in encoded.samples],
+        components, data, config, work_dir / "checkpoints",
+        sample_ids=[encoded.samples[i].id for i in split.train],
         accelerator=accelerator, on_step=step_hook, on_validate=validate if training_input.validation else None,
         on_checkpoint=publish_checkpoint if on_checkpoint is not None and main else None, initial_lora=initial,
     )
@@ -230,12 +262,13 @@ def run_training(
     result = TrainingRunResult(
         exported=None, video=None, losses=trained.losses, steps_done=trained.steps_done,
         resumed_from=trained.resumed_from, samples_encoded=encoded.samples_encoded,
-        samples_reused=encoded.samples_reused,
+        samples_reused=encoded.samples_reused, holdout_samples=len(split.held_out),
     )
     # Every process checks (DDP keeps the adapters identical), so a diverged run fails everywhere at once
     # instead of leaving the other processes waiting for the main one; export checks the cast tensors again.
     check_lora_state(trained.lora_state, learning_rate=training_input.learning_rate, steps=trained.steps_done)
     if main:
+        result.holdout_loss = holdout_loss()
         phase("publishing")
         base = components.base  # set by load_model from the same identity the job started with
         result.exported = export_lora(
@@ -243,7 +276,9 @@ def run_training(
             steps=trained.steps_done,
             extra={**(extra or {}),
                    "training": training_summary(trained.losses, trained.steps_done, accelerator.num_processes,
-                                                len(encoded.samples), data.has_audio, config)},
+                                                len(encoded.samples), data.has_audio, config,
+                                                holdout_loss=result.holdout_loss,
+                                                holdout_samples=len(split.held_out))},
         )
         if validator is not None:
             result.validation_clips = [clip.path for clip in validator.clips]

@@ -33,6 +33,10 @@ class TrainingData:
             raise ValueError("the dataset has no audio: pass the silence placeholder latents")
         return cls(samples=samples, fps=encoded.frame_rate, silence=None if has_audio else silence)
 
+    def subset(self, indices: list[int]) -> TrainingData:
+        """The samples at `indices` only (e.g. the training or the held-out ones, `training/holdout.py`)."""
+        return TrainingData(samples=[self.samples[i] for i in indices], fps=self.fps, silence=self.silence)
+
     @property
     def has_audio(self) -> bool:
         return self.silence is None

@@ -1,7 +1,12 @@
-"""A held-out probe loss: the flow-matching loss at fixed noise levels with noise the training never drew.
+"""The flow-matching loss at fixed noise levels and fixed noise: a loss that does not jump around with the sampled
+sigma, so two measurements of it compare the model, not the draw.
 
-Training losses jump around with the sampled sigma; the probe does not, so it shows whether the model is
-learning the data: same samples, same noise, same sigmas before and after.
+Two uses, told apart by the data they are given:
+
+- the probe loss: the TRAINING samples, with noise the training never drew (same samples, same noise, same
+  sigmas before and after: is the model learning the data?). Not held out.
+- the held-out loss (`pipeline/train.py`, at each published checkpoint and after the last step): the samples
+  `training/holdout.py` keeps out of the training, which it never draws (does it generalise?).
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ class _FixedSigma:
 @torch.no_grad()
 def probe_loss(components: ModelComponents, data: TrainingData, *, sigmas=PROBE_SIGMAS,
                seed: int = PROBE_SEED) -> float:
-    """Mean loss over every sample and `sigmas`, without first-frame conditioning."""
+    """Mean loss over every sample of `data` and `sigmas`, without first-frame conditioning. The transformer is
+    put in eval mode for it and back in the mode it was in. The noise of sample i at sigma k is drawn from
+    `seed + 1000 i + k`: the same data gives the same noise at every checkpoint."""
+    if not data.samples:
+        raise ValueError("probe_loss needs at least one sample")
     transformer = components.transformer
     was_training = transformer.training
     transformer.eval()

@@ -19,7 +19,7 @@ from typing import Any
 
 from ltx2trainer.jobs.lifecycle import Lifecycle
 from ltx2trainer.jobs.models import JobRow
-from ltx2trainer.schemas import ProgressReport, TrainingOutput
+from ltx2trainer.schemas import ProgressReport, TrainingMetrics, TrainingOutput
 from ltx2trainer.server_paths import job_paths
 from ltx2trainer.settings import Settings
 
@@ -128,7 +128,12 @@ class WorkerContext:
         return ref
 
     def record_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint published under the job's prefix: a `checkpoint` event and its webhook (once per step)."""
+        """A checkpoint published under the job's prefix: its row of checkpoint metrics (held-out and training
+        loss; overwritten by a resumed attempt), then a `checkpoint` event and its webhook (once per step)."""
+        from ltx2trainer.jobs.metrics import record_checkpoint_metrics
+
+        record_checkpoint_metrics(self.lifecycle.db, self.job_id, checkpoint["step"], checkpoint.get("holdout_loss"),
+                                  checkpoint.get("train_loss"))
         self.lifecycle.record_checkpoint(self.job_id, checkpoint)
 
     def fetch_parent(self, training_id: str, step: int, folder: Path):
@@ -168,6 +173,16 @@ class WorkerContext:
         with self.storage.open(key) as source, open(tmp, "wb") as handle:
             shutil.copyfileobj(source, handle, 1 << 20)
         tmp.replace(target)
+
+    def record_final_metrics(self, output: TrainingOutput) -> None:
+        """The final step's row of checkpoint metrics, from a finished run's output metrics (the last step's
+        loss and the held-out loss after it), as the checkpoints listing shows the final entry."""
+        from ltx2trainer.jobs.metrics import record_checkpoint_metrics
+
+        metrics = output.metrics
+        if isinstance(metrics, TrainingMetrics) and metrics.steps:
+            record_checkpoint_metrics(self.lifecycle.db, self.job_id, metrics.steps, metrics.holdout_loss,
+                                      metrics.final_loss)
 
     # --- running ------------------------------------------------------------------------------------------
 

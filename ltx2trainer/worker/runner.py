@@ -65,6 +65,7 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
             outcome = "failed"
         else:
             context.flush_usage()
+            context.record_final_metrics(output)
             lifecycle.succeed(job_id, output.model_dump(mode="json"))
     keep_for_debugging = outcome == "failed" and settings.environment == "development"
     if not keep_for_debugging:
