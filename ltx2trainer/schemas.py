@@ -9,6 +9,7 @@ the validation context by the caller that knows its settings:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, Literal, get_args
@@ -58,6 +59,14 @@ DATASET_FIELDS = ("number_of_frames", "frame_rate", "resolution", "aspect_ratio"
 # What a training continued from a checkpoint (`resume_from`) takes from its parent: the same data, prepared and
 # encoded once, and the same adapter shape. A request may repeat these, but not change them.
 RESUMED_FIELDS = ("training_data_url", "rank", *DATASET_FIELDS)
+
+
+def finite_loss(value: float | None, digits: int | None = 6) -> float | None:
+    """A loss as JSON and the database keep it: rounded to `digits` (None: as it is), and None when it is not
+    finite (a diverged step's inf or NaN is not JSON, and PostgreSQL's JSON type refuses it)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits) if digits is not None else value
 
 
 def validation_interval(number_of_steps: int) -> int:
@@ -247,6 +256,10 @@ class TrainingInput(StrictModel):
         "encoded data (nothing is fetched, prepared or encoded again). Its data and rank are taken from it "
         "(training_data_url may be left out); number_of_steps, learning_rate and the rest are this request's, "
         "and only this request's steps are billed.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=100, description="Stop once this many published checkpoints in a row did not improve on "
+        "the best one (held-out loss, else training loss); the best checkpoint becomes the output and only the "
+        "steps run are billed. null = train every step.")
 
     _adjustments: list[Adjustment] = PrivateAttr(default_factory=list)
 
@@ -400,6 +413,17 @@ class StoredFile(BaseModel):
     file_size: int  # bytes
 
 
+class EarlyStoppingReport(BaseModel):
+    """How a training that stopped early ended: it stopped at `stopped_at_step`, and `best_step` (the output,
+    `TrainingOutput.promoted_step`) had the lowest `measured` loss of its checkpoints."""
+
+    stopped_at_step: int
+    best_step: int
+    best_loss: float | None
+    measured: Literal["holdout_loss", "train_loss"]
+    patience: int
+
+
 class TrainingMetrics(BaseModel):
     """The summary of a training that ran to its end."""
 
@@ -409,6 +433,7 @@ class TrainingMetrics(BaseModel):
     samples: int  # training samples in the prepared dataset
     # The loss on the held-out samples after the last step (holdout_fraction); None when none were held out.
     holdout_loss: float | None = None
+    early_stopping: EarlyStoppingReport | None = None  # set when `early_stopping_patience` stopped the run
 
 
 class CancelledTrainingMetrics(BaseModel):
@@ -434,6 +459,16 @@ class TrainingOutput(BaseModel):
     # Set when one of the job's checkpoints is its output instead of its last step (promoted by the user, or
     # the best one after early stopping): the LoRA files, config.json and video are that step's.
     promoted_step: int | None = None
+
+
+# What a promoted checkpoint replaces in an output (`promoted_output`).
+PROMOTED_FILES = ("lora_file", "lora_comfyui_file", "config_file", "video")
+
+
+def promoted_output(output: dict[str, Any], files: dict[str, Any], step: int) -> dict[str, Any]:
+    """A stored output (`TrainingOutput` as JSON) with a checkpoint's files (`{lora_file, ...}` references) in
+    place of its own, and `promoted_step`: a promotion by the user (jobs/promotion.py) or by early stopping."""
+    return {**output, **{name: files.get(name) for name in PROMOTED_FILES}, "promoted_step": step}
 
 
 # The output fields that hold a file (downloadable at /v1/trainings/{id}/files/{name}).

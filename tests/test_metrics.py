@@ -53,7 +53,7 @@ def test_metrics_are_listed_as_json_and_csv_while_the_job_runs_and_after(api):
     context = worker_context(api, job_id)
     for step in (1, 2, 3):
         context.report_step(step_info(step, loss=1.0 / step))
-    context.flush_usage()  # what a checkpoint, the 0.5 s timer or the job's end does
+    context.flush_records()  # what a checkpoint, the 0.5 s timer or the job's end does
     response = metrics(api, job_id)
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     body = response.json()
@@ -79,11 +79,11 @@ def test_a_step_run_again_after_a_resume_overwrites_its_row(api):
     first = worker_context(api, job_id)
     for step in (1, 2, 3):
         first.report_step(step_info(step, loss=1.0))
-    first.flush_usage()  # then the worker dies; the next attempt resumes from a checkpoint of step 2
+    first.flush_records()  # then the worker dies; the next attempt resumes from a checkpoint of step 2
     second = worker_context(api, job_id)
     for step in (3, 4):
         second.report_step(step_info(step, loss=2.0, grad_norm=None, sigma=None))
-    second.flush_usage()
+    second.flush_records()
     rows = metrics(api, job_id).json()["data"]
     assert [(row["step"], row["loss"]) for row in rows] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
     assert rows[2]["grad_norm"] is None and rows[2]["sigma"] is None  # the later attempt's row, whole
@@ -117,7 +117,7 @@ def test_checkpoint_rows_are_listed_beside_the_steps_and_fill_the_csv_holdout_co
         if step in (2, 4):  # what pipeline/run.py's publish_checkpoint hands the context
             context.record_checkpoint({"step": step, "train_loss": 0.75, "holdout_loss": 0.5 + step / 100,
                                        "files": {"lora_file": None, "lora_comfyui_file": None, "video": None}})
-    context.flush_usage()
+    context.flush_records()
     context.record_checkpoint({"step": 4, "train_loss": 0.7, "holdout_loss": math.nan, "files": {}})  # resumed
     record_checkpoint_metrics(api.services.db, job_id, 6, 0.25, None)  # what the final step's row holds
     assert read_checkpoint_metrics(api.services.db, job_id)[0] == (2, 0.75, 0.52)
@@ -140,7 +140,7 @@ def test_another_owners_metrics_are_not_found_and_the_format_is_checked(api):
     job_id = api.submit()["id"]
     context = worker_context(api, job_id)
     context.report_step(step_info(1))
-    context.flush_usage()
+    context.flush_records()
     for fmt in ("json", "csv"):
         assert metrics(api, job_id, fmt, headers=api.bob).status_code == 404
     assert metrics(api, "no-such-job").status_code == 404

@@ -16,8 +16,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from ltx2trainer.api.render import render_file, render_output
+from ltx2trainer.jobs.lifecycle import FINAL_OUTPUT_EVENT
 from ltx2trainer.jobs.models import JobStatus
-from ltx2trainer.jobs.promotion import FINAL_OUTPUT_EVENT
 from ltx2trainer.wiring import Services
 
 POLL_S = 0.5

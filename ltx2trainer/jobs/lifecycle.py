@@ -32,6 +32,8 @@ TransitionListener = Callable[[Session, JobRow, str | None, str], None]
 # listeners act on (today: "checkpoint"), in the transaction that records the event
 EventListener = Callable[[Session, JobRow, str, dict[str, Any]], None]
 CHECKPOINT_EVENT = "checkpoint"  # the job_events kind of a published checkpoint
+# The job's own last-step output, kept when one of its checkpoints is made its output (jobs/promotion.py)
+FINAL_OUTPUT_EVENT = "final_output"
 PROGRESS_EVENT_INTERVAL_S = 1.0  # progress is stored on every step, but an event at most once a second
 
 
@@ -234,8 +236,11 @@ class Lifecycle:
             if job is not None and not job.is_terminal:
                 job.usage = {**(job.usage or {}), **usage}
 
-    def succeed(self, job_id: str, output: dict[str, Any]) -> None:
-        self._finish(job_id, JobStatus.SUCCEEDED, output=output)
+    def succeed(self, job_id: str, output: dict[str, Any], own_output: dict[str, Any] | None = None) -> None:
+        """`own_output`: the last step's output when `output` is a checkpoint's instead (early stopping chose
+        it), kept as the `final_output` event in the same transaction."""
+        kept = {FINAL_OUTPUT_EVENT: {"output": own_output}} if own_output is not None else {}
+        self._finish(job_id, JobStatus.SUCCEEDED, events=kept, output=output)
 
     def fail(self, job_id: str, error_type: str, message: str) -> None:
         self._finish(job_id, JobStatus.FAILED, error={"type": error_type, "message": message})
@@ -297,11 +302,14 @@ class Lifecycle:
 
     # --- internals ------------------------------------------------------------------------------------
 
-    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+    def _finish(self, job_id: str, status: str, events: dict[str, dict[str, Any]] | None = None,
+                **fields: Any) -> None:
         with self.db.session() as session:
             job = session.get(JobRow, job_id)
             if job is None or job.is_terminal:
                 return  # terminal states never change (a late duplicate worker, a second cancel)
+            for kind, data in (events or {}).items():
+                self._event(session, job, kind, data)
             self._transition(session, job, status, **fields)
 
     def _running(self, session: Session, job_id: str) -> JobRow | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ltx2trainer.jobs.db import Database
 from ltx2trainer.jobs.models import JobCheckpointMetricRow, JobMetricRow
+from ltx2trainer.schemas import finite_loss
 
 # The columns of a metrics row after `step`, in the order of the API's objects and CSV header.
 METRIC_FIELDS = ("loss", "video_loss", "audio_loss", "learning_rate", "grad_norm", "sigma")
@@ -79,7 +79,8 @@ def record_checkpoint_metrics(db: Database, job_id: str, step: int, holdout_loss
     PostgreSQL would keep a NaN)."""
     dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(JobCheckpointMetricRow).values(
-        job_id=job_id, step=step, holdout_loss=_finite(holdout_loss), train_loss=_finite(train_loss))
+        job_id=job_id, step=step, holdout_loss=finite_loss(holdout_loss, None),
+        train_loss=finite_loss(train_loss, None))
     statement = statement.on_conflict_do_update(
         index_elements=["job_id", "step"],
         set_={"holdout_loss": statement.excluded.holdout_loss, "train_loss": statement.excluded.train_loss})
@@ -95,21 +96,17 @@ def read_checkpoint_metrics(db: Database, job_id: str) -> Sequence[tuple]:
                                   .order_by(JobCheckpointMetricRow.step)).all()
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
-
-
 def metrics_json(rows: Sequence[tuple], checkpoints: Sequence[tuple] = ()) -> str:
     """`{"object": "list", "data": [{step, loss, ...}, ...], "checkpoints": [{step, train_loss, holdout_loss},
     ...]}`; a non-finite value (a diverged loss) is null."""
     data = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
-    marks = [{name: _finite(value) for name, value in zip(CHECKPOINT_COLUMNS, row, strict=True)}
+    marks = [{name: finite_loss(value, None) for name, value in zip(CHECKPOINT_COLUMNS, row, strict=True)}
              for row in checkpoints]  # a handful: always looked at
     try:
         return json.dumps({"object": "list", "data": data, "checkpoints": marks}, separators=(",", ":"),
                           allow_nan=False)
     except ValueError:  # rare: only then is every value looked at (twice as slow)
-        data = [{name: _finite(value) for name, value in item.items()} for item in data]
+        data = [{name: finite_loss(value, None) for name, value in item.items()} for item in data]
         return json.dumps({"object": "list", "data": data, "checkpoints": marks}, separators=(",", ":"),
                           allow_nan=False)
 

@@ -20,11 +20,10 @@ from typing import Any
 from sqlalchemy import select
 
 from ltx2trainer.jobs.db import Database
-from ltx2trainer.jobs.lifecycle import CHECKPOINT_EVENT, log_line
+from ltx2trainer.jobs.lifecycle import CHECKPOINT_EVENT, FINAL_OUTPUT_EVENT, log_line
 from ltx2trainer.jobs.models import JobEventRow, JobRow, JobStatus
+from ltx2trainer.schemas import PROMOTED_FILES, promoted_output
 
-FINAL_OUTPUT_EVENT = "final_output"  # the job's own last-step output, kept when a checkpoint replaces it
-PROMOTED_FILES = ("lora_file", "lora_comfyui_file", "config_file", "video")
 PROMOTABLE = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
 
 
@@ -34,12 +33,6 @@ class PromoteOutcome(enum.Enum):
     NOT_FINISHED = "not_finished"  # queued, running or failed: nothing to replace
     NO_CHECKPOINT = "no_checkpoint"  # no checkpoint of that step
     NOT_PROMOTABLE = "not_promotable"  # a checkpoint published without a config (before promotion existed)
-
-
-def promoted_output(output: dict[str, Any], checkpoint: dict[str, Any], step: int) -> dict[str, Any]:
-    """`output` (a stored TrainingOutput) with the checkpoint's files in place of its own and `promoted_step`."""
-    files = checkpoint.get("files") or {}
-    return {**output, **{name: files.get(name) for name in PROMOTED_FILES}, "promoted_step": step}
 
 
 def checkpoint_events(session, job_id: str) -> dict[int, dict[str, Any]]:
@@ -93,7 +86,7 @@ def promote(db: Database, job_id: str, owner: str | None, step: int) -> tuple[Pr
                 return PromoteOutcome.NO_CHECKPOINT, job
             if not (checkpoint.get("files") or {}).get("config_file"):
                 return PromoteOutcome.NOT_PROMOTABLE, job
-            new_output = promoted_output(own, checkpoint, step)
+            new_output = promoted_output(own, checkpoint["files"], step)
         if new_output == job.output:
             return PromoteOutcome.PROMOTED, job  # idempotent: nothing changes, nothing is recorded
         if session.scalar(select(JobEventRow.id).where(JobEventRow.job_id == job_id,

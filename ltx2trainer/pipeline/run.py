@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import zipfile
 from pathlib import Path
@@ -33,7 +32,14 @@ from ltx2trainer.pipeline.fetch import download, local_path
 from ltx2trainer.pipeline.preprocess import Progress
 from ltx2trainer.pipeline.preprocess.manifest import REPORT_NAME
 from ltx2trainer.pipeline.preprocess.report import PrepareReport
-from ltx2trainer.schemas import CancelledTrainingMetrics, TrainingInput, TrainingMetrics, TrainingOutput
+from ltx2trainer.schemas import (
+    CancelledTrainingMetrics,
+    TrainingInput,
+    TrainingMetrics,
+    TrainingOutput,
+    finite_loss,
+    promoted_output,
+)
 from ltx2trainer.settings import Settings
 from ltx2trainer.uploads import parse_reference
 
@@ -49,6 +55,7 @@ class JobContext(Protocol):
     work_dir: Path
     settings: Settings
     partial_output: TrainingOutput | None
+    own_output: TrainingOutput | None  # set when early stopping returns a checkpoint's output instead
 
     def set_phase(self, phase: str) -> None: ...
     def log(self, message: str, level: str = "INFO") -> None: ...
@@ -115,6 +122,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         for clip in clips:
             ctx.publish(f"validation/{clip.name}", clip, "video/mp4", announce=True)
 
+    published_files: dict[int, dict[str, Any]] = {}  # by step: what early stopping may deliver instead
+
     def publish_checkpoint(published) -> None:  # a pipeline.train.PublishedCheckpoint
         prefix = f"checkpoints/step_{published.step:06d}/"
         exported = published.exported
@@ -127,7 +136,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         }
         loss = None if published.train_loss is None else round(published.train_loss, 6)
         ctx.record_checkpoint({"step": published.step, "train_loss": loss,
-                               "holdout_loss": _finite_rounded(published.holdout_loss), "files": files})
+                               "holdout_loss": finite_loss(published.holdout_loss), "files": files})
+        published_files[published.step] = files
         ctx.log(f"checkpoint of step {published.step} published")
         shutil.rmtree(exported.lora_file.parent, ignore_errors=True)  # it is in object storage now
 
@@ -153,22 +163,37 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
 
     ctx.set_phase("publishing")
     exported = result.exported
-    return TrainingOutput(
+    output = TrainingOutput(
         lora_file=ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
         config_file=ctx.publish("config.json", exported.config_file, "application/json"),
         video=ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
         lora_comfyui_file=ctx.publish("lora_comfyui.safetensors", exported.comfyui_file, "application/octet-stream"),
         metrics=TrainingMetrics(steps=result.steps_done, final_loss=result.losses[-1] if result.losses else None,
                                 training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
-                                holdout_loss=_finite_rounded(result.holdout_loss)),
+                                holdout_loss=finite_loss(result.holdout_loss),
+                                early_stopping=result.early_stopping),
         debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
                                   "application/zip") if training_input.debug_dataset else None,
     )
+    return _best_if_stopped_early(ctx, output, published_files)
 
 
-def _finite_rounded(value: float | None) -> float | None:
-    """A loss for JSON (events, outputs): 6 decimals; None, inf or NaN (a diverged one) as None."""
-    return round(value, 6) if value is not None and math.isfinite(value) else None
+def _best_if_stopped_early(ctx: JobContext, output: TrainingOutput,
+                           published_files: dict[int, dict[str, Any]]) -> TrainingOutput:
+    """A run that early stopping ended delivers its best checkpoint (the last step's output is kept aside,
+    `ctx.own_output`); any other run, its last step."""
+    stopped = output.metrics.early_stopping if isinstance(output.metrics, TrainingMetrics) else None
+    if stopped is None:
+        return output
+    files = published_files.get(stopped.best_step)
+    if files is None:  # its export failed (nothing published at that step): the last step is all there is
+        ctx.log(f"stopped early at step {stopped.stopped_at_step}; the best checkpoint (step {stopped.best_step}) "
+                "was not published, so the output is the last step's", "WARN")
+        return output
+    ctx.log(f"stopped early at step {stopped.stopped_at_step}: no better {stopped.measured} in {stopped.patience} "
+            f"checkpoints; the output is the best checkpoint, step {stopped.best_step}")
+    ctx.own_output = output
+    return TrainingOutput.model_validate(promoted_output(output.model_dump(mode="json"), files, stopped.best_step))
 
 
 def _memory_plan(ctx: JobContext, training_input: TrainingInput):

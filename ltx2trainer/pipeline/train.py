@@ -28,10 +28,11 @@ from ltx2trainer.pipeline.encode import encode_dataset, silence_latents
 from ltx2trainer.pipeline.export import ExportedLora, export_lora
 from ltx2trainer.pipeline.preprocess.manifest import read_manifest
 from ltx2trainer.pipeline.validate import ValidationSettings, Validator
-from ltx2trainer.schemas import TrainingInput, validation_interval
+from ltx2trainer.schemas import EarlyStoppingReport, TrainingInput, finite_loss, validation_interval
 from ltx2trainer.training.cache import cache_dir_for
 from ltx2trainer.training.checkpoint import Checkpoint
 from ltx2trainer.training.data import TrainingData
+from ltx2trainer.training.early_stopping import EarlyStopping
 from ltx2trainer.training.holdout import split_holdout
 from ltx2trainer.training.probe import probe_loss
 from ltx2trainer.training.trainer import StepInfo, TrainConfig, check_train_config, train_lora
@@ -61,6 +62,7 @@ class TrainingRunResult:
     # None without held-out samples, under multi-process FSDP, or on processes other than the main one.
     holdout_loss: float | None = None
     holdout_samples: int = 0
+    early_stopping: EarlyStoppingReport | None = None  # set when early stopping ended the run
 
 
 @dataclass(frozen=True)
@@ -229,22 +231,33 @@ def run_training(
             on_validation(step, clips)  # e.g. published while training goes on
         phase("training")
 
-    def publish_checkpoint(step: int, checkpoint: Checkpoint) -> None:
+    # Early stopping judges each published checkpoint by its held-out loss, or without held-out samples by its
+    # training loss (training/early_stopping.py); what it saw survives a crash in the work dir.
+    patience = training_input.early_stopping_patience
+    measured = "holdout_loss" if holdout is not None else "train_loss"
+    stopping = EarlyStopping.resumed(patience, work_dir / "early_stopping.json") if patience else None
+    if stopping is not None and main:
+        log.info("early stopping after %d checkpoints without a lower %s", patience, measured.replace("_", " "))
+
+    def publish_checkpoint(step: int, checkpoint: Checkpoint) -> bool:
+        """Export and hand on checkpoint `step`; True when early stopping ends the run here."""
         from safetensors.torch import load_file
 
         folder = work_dir / "published" / f"step_{step:06d}"
+        train_loss = sum(recent_losses) / len(recent_losses) if recent_losses else None
         try:
             exported = export_lora(folder, load_file(str(checkpoint.lora_file)), training_input,
                                    base_model=components.base, lora_dtype=lora_dtype, steps=step,
                                    extra={**(extra or {}), "training": {"steps": step, "checkpoint": True}})
         except UserInputError as exc:  # diverged or empty so far: nothing worth publishing at this step
             log.warning("checkpoint of step %d not published: %s", step, exc.message)
-            return
+            return stopping is not None and stopping.record(step, None)  # never the best
         clips = [clip for clip in validator.clips if clip.step == step] if validator is not None else []
         video = write_combined([(clip.path, clip.caption) for clip in clips], folder / COMBINED_VIDEO_NAME) \
             if clips else None
-        train_loss = sum(recent_losses) / len(recent_losses) if recent_losses else None
-        on_checkpoint(PublishedCheckpoint(step, exported, video, train_loss, holdout_loss()))
+        held_out = holdout_loss()
+        on_checkpoint(PublishedCheckpoint(step, exported, video, train_loss, held_out))
+        return stopping is not None and stopping.record(step, held_out if measured == "holdout_loss" else train_loss)
 
     initial = None
     if initial_lora is not None:
@@ -264,6 +277,11 @@ def run_training(
         resumed_from=trained.resumed_from, samples_encoded=encoded.samples_encoded,
         samples_reused=encoded.samples_reused, holdout_samples=len(split.held_out),
     )
+    if trained.stopped_early and stopping is not None and stopping.best is not None:
+        best_step, best_value = stopping.best
+        result.early_stopping = EarlyStoppingReport(
+            stopped_at_step=trained.steps_done, best_step=best_step, patience=patience, measured=measured,
+            best_loss=finite_loss(best_value))
     # Every process checks (DDP keeps the adapters identical), so a diverged run fails everywhere at once
     # instead of leaving the other processes waiting for the main one; export checks the cast tensors again.
     check_lora_state(trained.lora_state, learning_rate=training_input.learning_rate, steps=trained.steps_done)

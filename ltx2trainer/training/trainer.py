@@ -9,9 +9,11 @@ random is a function of the step, so 5 steps + resume + 5 steps equal 10 straigh
 saves a checkpoint of the step just completed and re-raises, so a cancelled job still has its last
 weights. `on_validate(step)` is called every `validation_every` steps and after the last one.
 `on_checkpoint(step, checkpoint)` is called every `publish_every` steps before the last (after that step's
-validation), with the resumable checkpoint saved at that step: the user-facing checkpoints are a subset of the
-resumable ones, so the loop checkpoints at the union of `checkpoint_every` and `publish_every`. A run resumed
-from such a step calls it again for that step first (the previous attempt may have died before publishing).
+validation), with the resumable checkpoint saved at that step. The user-facing checkpoints are a subset of
+the resumable ones, so the loop checkpoints at the union of `checkpoint_every` and `publish_every`. A run
+resumed from such a step calls it again for that step first (the previous attempt may have died before
+publishing). If it returns True the run ends at that step (early stopping: `TrainResult.stopped_early`; every
+process stops at the same step).
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ class TrainResult:
     resumed_from: int | None
     losses: list[float] = field(default_factory=list)
     last_checkpoint: Checkpoint | None = None
+    stopped_early: bool = False  # `on_checkpoint` asked to stop before number_of_steps
 
 
 def train_lora(
@@ -338,8 +341,16 @@ def train_lora(
                     on_validate(step)
                 accelerator.wait_for_everyone()
             model.train()
-        if on_checkpoint is not None and saved is not None and publishes(step):
-            on_checkpoint(step, saved)  # main process only (`checkpoint` returns None elsewhere)
+        if publishes(step):
+            # main process only (`checkpoint` returns None elsewhere); True asks the run to stop here
+            stop = bool(on_checkpoint(step, saved)) if on_checkpoint is not None and saved is not None else False
+            if accelerator.num_processes > 1:  # every process stops at the same step, or the next all-reduce hangs
+                votes = accelerator.reduce(torch.tensor([float(stop)], device=accelerator.device), reduction="sum")
+                stop = votes.item() > 0
+            if stop:
+                result.stopped_early = True
+                log.info("stopping early after step %d", step)
+                break
 
     result.lora_state = lora_state_dict(model)
     model.eval()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 from ltx2trainer.jobs.lifecycle import Lifecycle
 from ltx2trainer.jobs.models import JobRow
-from ltx2trainer.schemas import ProgressReport, TrainingMetrics, TrainingOutput
+from ltx2trainer.schemas import ProgressReport, TrainingMetrics, TrainingOutput, finite_loss
 from ltx2trainer.server_paths import job_paths
 from ltx2trainer.settings import Settings
 
@@ -54,6 +53,7 @@ class WorkerContext:
         # The job's logs and error are the user's to read: the server's folders in them become placeholders.
         self.paths = job_paths(settings, self.work_dir)
         self.partial_output: TrainingOutput | None = None  # what a cancelled run delivers (its last checkpoint)
+        self.own_output: TrainingOutput | None = None  # the last step's output, when a checkpoint's is delivered
         self._lease_lost = threading.Event()
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
@@ -82,21 +82,20 @@ class WorkerContext:
         if info.checkpoint_after:
             # A resume starts after this step and never redoes it: it must be in the ledger before the
             # checkpoint exists, or a crash right after the checkpoint would leave it trained and unbilled.
-            self.flush_usage()
+            self.flush_records()
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_INTERVAL_S and info.step != info.total:
             return
         self._last_progress = now
-        self.flush_usage()
+        self.flush_records()
         per_step = info.elapsed_s / max(info.step, 1)
-        # A diverged step's loss (inf, NaN) is not JSON: PostgreSQL's JSON type refuses it, failing the job.
-        loss = round(info.loss, 6) if math.isfinite(info.loss) else None
+        loss = finite_loss(info.loss)  # a diverged step's inf or NaN would fail the progress write
         report = ProgressReport(step=info.step, total_steps=info.total, loss=loss, lr=info.lr,
                                 eta_s=round(per_step * (info.total - info.step), 1),
                                 steps_per_s=round(1 / per_step, 3))
         self.lifecycle.report_progress(self.job_id, report.model_dump(mode="json"))
 
-    def flush_usage(self) -> None:
+    def flush_records(self) -> None:
         """Record the steps completed since the last flush in the usage ledger (idempotent per step), and their
         metrics (one upsert: a step re-run after a resume overwrites its row)."""
         from ltx2trainer.billing.ledger import record_steps

@@ -45,7 +45,7 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
             log.warning("job %s: lease lost to another worker; stopping here", job_id)
             return "lease_lost"
         except JobCancelled:
-            context.flush_usage()  # the steps done are billed; the last checkpoint is the output
+            context.flush_records()  # the steps done are billed; the last checkpoint is the output
             partial = context.partial_output
             lifecycle.cancel(job_id, output=partial.model_dump(mode="json") if partial is not None else None)
             outcome = "cancelled"
@@ -64,9 +64,11 @@ def execute_job(job_id: str, settings: Settings, *, worker_id: str, services: Se
                            context.paths.hide(f"the worker failed: {type(exc).__name__}: {exc}"))
             outcome = "failed"
         else:
-            context.flush_usage()
+            context.flush_records()
             context.record_final_metrics(output)
-            lifecycle.succeed(job_id, output.model_dump(mode="json"))
+            own = context.own_output  # early stopping made a checkpoint the output: the last step's is kept
+            lifecycle.succeed(job_id, output.model_dump(mode="json"),
+                              own_output=own.model_dump(mode="json") if own is not None else None)
     keep_for_debugging = outcome == "failed" and settings.environment == "development"
     if not keep_for_debugging:
         shutil.rmtree(context.work_dir, ignore_errors=True)  # outputs are in object storage now
