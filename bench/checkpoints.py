@@ -11,7 +11,7 @@ embedded broker and storage) and drives it over HTTP only, as a user would:
 4. a training with `early_stopping_patience: 1`: where it stopped, which checkpoint it delivered, what it billed;
 5. every job's metrics CSV: one row per step.
 
-    .venv/bin/python bench/checkpoints.py [--out bench-out/checkpoints]
+    .venv/bin/python bench/checkpoints.py [--out bench-output/checkpoints]
 
 Prints the tables the issue's closing note quotes. Exits non-zero if a check fails.
 """
@@ -168,11 +168,12 @@ def run(user: User, data_url: str, price: Decimal) -> None:
         with_holdout = sum(1 for row in rows if row[-1])
         print(f"  {name:<14} {len(rows):>4} rows, steps {rows[0][0]}..{rows[-1][0]}, {with_holdout} with a held-out loss")
         user.check([int(row[0]) for row in rows] == list(range(1, steps + 1)), f"{name}: steps 1..{steps}")
+        user.check(with_holdout > 0, f"{name}: held-out losses (a continuation keeps its parent's held-out samples)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench-out/checkpoints"))
+    parser.add_argument("--out", type=Path, default=Path("bench-output/checkpoints"))
     parser.add_argument("--database-url", help="default: a fresh local PostgreSQL database, else SQLite")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,9 @@ DATASET_FIELDS = ("number_of_frames", "frame_rate", "resolution", "aspect_ratio"
                   "audio_preserve_pitch", "trigger_phrase", "auto_scale_input", "split_input_into_scenes",
                   "split_input_duration_threshold")
 # What a training continued from a checkpoint (`resume_from`) takes from its parent: the same data, prepared and
-# encoded once, and the same adapter shape. A request may repeat these, but not change them.
-RESUMED_FIELDS = ("training_data_url", "rank", *DATASET_FIELDS)
+# encoded once, the same adapter shape, and the same held-out samples (never trained on by the parent, so
+# never by its continuation either). A request may repeat these, but not change them.
+RESUMED_FIELDS = ("training_data_url", "rank", "holdout_fraction", *DATASET_FIELDS)
 
 
 def finite_loss(value: float | None, digits: int | None = 6) -> float | None:

@@ -136,7 +136,8 @@ def test_promote_refuses_what_it_cannot_do_with_a_clear_answer(trained: Trained)
     ({"resume_from": {"step": 50}, "rank": 16}, 422, "rank: a training continued from"),
     ({"resume_from": {"step": 50}, "training_data_url": "https://example.com/other.zip"}, 422,
      "uses its training data"),
-    ({"resume_from": {"step": 50}, "resolution": "high"}, 422, "resolution 'low'"),
+    ({"resume_from": {"step": 50}, "resolution": "high"}, 422, "uses its resolution"),
+    ({"resume_from": {"step": 50}, "holdout_fraction": 0.5}, 422, "uses its holdout_fraction (null)"),
     ({"resume_from": {"step": 0}}, 422, "has no checkpoint of step 0"),
     ({"resume_from": {"training_id": "x"}}, 422, "Field required"),
 ])

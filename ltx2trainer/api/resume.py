@@ -1,8 +1,8 @@
 """`resume_from` at submission: check the parent checkpoint and take the parent's data and rank.
 
 A training continued from a checkpoint trains on exactly its parent's prepared and encoded data with the
-parent's adapter, so the fields that decide those (`schemas.RESUMED_FIELDS`: the data URL, the dataset fields,
-the rank) are the parent's. A request may leave them out (they are filled in here, before validation, so
+parent's adapter and held-out samples, so the fields that decide those (`schemas.RESUMED_FIELDS`: the data URL,
+the dataset fields, the rank, holdout_fraction) are the parent's. A request may leave them out (they are filled in here, before validation, so
 the stored input says what was used) or repeat them unchanged; a different value is a 422 naming the field,
 since it could not be honoured. The parent must be the caller's, finished (succeeded or cancelled), and have
 a checkpoint at the step asked for; the worker checks again when the job runs.
@@ -10,6 +10,7 @@ a checkpoint at the step asked for; the worker checks again when the job runs.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import HTTPException
@@ -48,7 +49,7 @@ def with_parent_fields(services, owner: str, body: Any) -> Any:
     for name in RESUMED_FIELDS:
         used = parent.input.get(name, input_default(name) if name != "training_data_url" else None)
         if name in body and body[name] != used:
-            shown = "its training data" if name == "training_data_url" else f"{name} {used!r}"
+            shown = "its training data" if name == "training_data_url" else f"its {name} ({json.dumps(used)})"
             raise _refuse([name], f"{name}: a training continued from {training_id} uses {shown}; leave "
                                   f"{name} out or give the same value")
         merged[name] = used
