@@ -27,7 +27,6 @@ from ltx2trainer.wiring import Services
 from ltx2trainer.worker.runner import execute_job
 from tests.live_service import FAST_JOB, tiny_dataset_url
 
-pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -81,6 +80,7 @@ def _checkpoints(t: Trained, job_id: str | None = None) -> dict[int, dict]:
     return {c["step"]: c for c in listed}
 
 
+@pytest.mark.slow
 def test_promoting_a_checkpoint_makes_its_files_the_output_and_can_be_undone(trained: Trained):
     t = trained
     before = _checkpoints(t)
@@ -117,6 +117,7 @@ def test_promoting_a_checkpoint_makes_its_files_the_output_and_can_be_undone(tra
     assert not any(c["promoted"] for c in _checkpoints(t).values())
 
 
+@pytest.mark.slow
 def test_promote_refuses_what_it_cannot_do_with_a_clear_answer(trained: Trained):
     t = trained
     missing = _promote(t, 40)
@@ -141,6 +142,7 @@ def test_promote_refuses_what_it_cannot_do_with_a_clear_answer(trained: Trained)
     ({"resume_from": {"step": 0}}, 422, "has no checkpoint of step 0"),
     ({"resume_from": {"training_id": "x"}}, 422, "Field required"),
 ])
+@pytest.mark.slow
 def test_resume_from_refuses_what_it_cannot_honour(trained: Trained, fields, status, message):
     t = trained
     resume = fields.get("resume_from")
@@ -154,6 +156,7 @@ def test_resume_from_refuses_what_it_cannot_honour(trained: Trained, fields, sta
     assert other.status_code == 422 and f"no training {t.job_id}" in other.text  # bob cannot see alice's
 
 
+@pytest.mark.slow
 def test_a_continued_training_starts_from_the_checkpoint_encodes_nothing_and_bills_its_own_steps(trained: Trained):
     t = trained
     parent = _get(t, f"/v1/trainings/{t.job_id}")
@@ -195,6 +198,7 @@ def test_a_continued_training_starts_from_the_checkpoint_encodes_nothing_and_bil
     assert grandchild.json()["input"]["training_data_url"] == parent["input"]["training_data_url"]
 
 
+@pytest.mark.slow
 def test_the_stored_prepared_data_holds_the_dataset_and_its_latents_only(trained: Trained):
     from ltx2trainer.pipeline.continuation import PREPARED_ARCHIVE
     from ltx2trainer.storage import job_prefix
@@ -208,6 +212,7 @@ def test_the_stored_prepared_data_holds_the_dataset_and_its_latents_only(trained
     assert not any("/." in n or "checkpoints" in n for n in names)
 
 
+@pytest.mark.slow
 def test_a_training_without_stored_prepared_data_cannot_be_continued(trained: Trained, tmp_path):
     """A job that finished before prepared data was kept (no archive): the worker says so, bills nothing."""
     t = trained
@@ -231,3 +236,17 @@ def test_a_training_without_stored_prepared_data_cannot_be_continued(trained: Tr
     assert "prepared data is not stored" in failed["error"]["message"]
     assert failed["usage"]["steps_completed"] == 0
 
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "other/file.txt", "train/checkpoints/step_000050/x", "/abs.txt"])
+def test_unpacking_prepared_data_refuses_anything_outside_its_two_folders(tmp_path, name):
+    from ltx2trainer.errors import UserInputError
+    from ltx2trainer.pipeline.continuation import unpack_prepared
+
+    archive = tmp_path / "prepared.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("dataset/manifest.jsonl", "{}\n")
+        zf.writestr(name, "x")
+    with pytest.raises(UserInputError, match="unexpected entry"):
+        unpack_prepared(archive, tmp_path / "work")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "outside.txt").exists()

@@ -42,15 +42,19 @@ class ParentCheckpoint:
 
 
 def pack_prepared(work: Path, archive: Path) -> Path:
-    """Zip the work dir's prepared dataset and encoded caches (stored, not compressed: media and safetensors
-    hardly compress). Hidden files (preparation's resume state, temp files) are left out."""
+    """Zip the work dir's prepared dataset and encoded caches."""
+    return zip_folders(archive, work, [work / DATASET_DIR, *sorted((work / TRAIN_DIR).glob(ENCODED_PREFIX + "*"))])
+
+
+def zip_folders(archive: Path, base: Path, folders: list[Path]) -> Path:
+    """Zip the files under `folders`, named relative to `base`, through a temp file. Stored, not compressed
+    (media and safetensors hardly compress); hidden files (preparation's resume state, temp files) left out."""
     tmp = archive.with_name(archive.name + ".tmp")
     archive.parent.mkdir(parents=True, exist_ok=True)
-    roots = [work / DATASET_DIR, *sorted((work / TRAIN_DIR).glob(ENCODED_PREFIX + "*"))]
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for root in roots:
-            for path in sorted(root.rglob("*")):
-                relative = path.relative_to(work)
+        for folder in folders:
+            for path in sorted(folder.rglob("*")):
+                relative = path.relative_to(base)
                 if path.is_file() and not any(part.startswith(".") for part in relative.parts):
                     zf.write(path, relative.as_posix())
     tmp.replace(archive)

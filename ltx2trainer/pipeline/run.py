@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -26,6 +25,7 @@ from ltx2trainer.pipeline.continuation import (
     check_parent_model,
     pack_prepared,
     unpack_prepared,
+    zip_folders,
 )
 from ltx2trainer.pipeline.dataset_source import fetch_and_prepare
 from ltx2trainer.pipeline.fetch import download, local_path
@@ -361,12 +361,4 @@ def _publish_last_checkpoint(ctx: JobContext, training_input: TrainingInput, wor
 
 def _zip_dataset(dataset_dir: Path, archive: Path) -> Path:
     """The processed dataset (manifest, report, media) as a zip: the hosted API's `debug_dataset`."""
-    tmp = archive.with_name(archive.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # media are already compressed
-        for path in sorted(dataset_dir.rglob("*")):
-            relative = path.relative_to(dataset_dir)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-                zf.write(path, relative.as_posix())
-    tmp.replace(archive)
-    return archive
-
+    return zip_folders(archive, dataset_dir, [dataset_dir])
