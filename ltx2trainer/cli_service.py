@@ -98,12 +98,20 @@ def _die_with_parent() -> None:
 
 def worker(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to serve: trainings (needs the model) and "
+                                             "prepare (dataset preparation, CPU only).")] = "trainings,prepare",
 ) -> None:
-    """Run a training worker: one job at a time (run one per GPU)."""
+    """Run a worker: one task at a time (run one per GPU; a CPU machine can serve `--queues prepare` alone)."""
+    from ltx2trainer.jobs.celery_app import PREPARE_QUEUE, TRAINING_QUEUE
     from ltx2trainer.worker.app import run_worker
 
+    chosen = tuple(name.strip() for name in queues.split(",") if name.strip())
+    unknown = sorted(set(chosen) - {TRAINING_QUEUE, PREPARE_QUEUE})
+    if not chosen or unknown:
+        raise typer.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use "
+                                 f"{TRAINING_QUEUE} and/or {PREPARE_QUEUE}", param_hint="--queues")
     configure_json_logging(getattr(logging, loglevel.upper(), logging.INFO))
-    run_worker(get_settings(), loglevel=loglevel)
+    run_worker(get_settings(), loglevel=loglevel, queues=chosen)
 
 
 @keys_app.command("create")

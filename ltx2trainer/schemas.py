@@ -257,6 +257,10 @@ class TrainingInput(StrictModel):
         "encoded data (nothing is fetched, prepared or encoded again). Its data and rank are taken from it "
         "(training_data_url may be left out); number_of_steps, learning_rate and the rest are this request's, "
         "and only this request's steps are billed.")
+    dataset_id: str | None = Field(
+        None, max_length=64, description="Train on one of your ready datasets (POST /v1/datasets) instead of "
+        "fetching training_data_url: nothing is fetched or prepared, and the latents a training on the same base "
+        "model encoded before are reused. Its data URL and dataset fields are the dataset's.")
     early_stopping_patience: int | None = Field(
         None, ge=1, le=100, description="Stop once this many published checkpoints in a row did not improve on "
         "the best one (held-out loss, else training loss); the best checkpoint becomes the output and only the "
@@ -341,6 +345,13 @@ class TrainingInput(StrictModel):
                         "used the nearest valid value (ties round down)",
                     )
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_of_data(self) -> TrainingInput:
+        if self.dataset_id is not None and self.resume_from is not None:
+            raise ValueError("give dataset_id or resume_from, not both: a continued training trains on its "
+                             "parent's data")
         return self
 
     @model_validator(mode="after")
@@ -435,6 +446,9 @@ class TrainingMetrics(BaseModel):
     # The loss on the held-out samples after the last step (holdout_fraction); None when none were held out.
     holdout_loss: float | None = None
     early_stopping: EarlyStoppingReport | None = None  # set when `early_stopping_patience` stopped the run
+    # Samples whose latents this job encoded, and those it found encoded already (a dataset's or a parent's).
+    samples_encoded: int | None = None
+    samples_reused: int | None = None
 
 
 class CancelledTrainingMetrics(BaseModel):

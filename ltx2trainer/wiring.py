@@ -23,6 +23,7 @@ def all_tables() -> MetaData:
     billing's. Gathered here because `notify/` and `billing/` build on `jobs/`, which may not import them;
     what the migrations are compared with (`ltx2trainer db revision`, tests/test_migrations.py)."""
     import ltx2trainer.billing.models
+    import ltx2trainer.jobs.datasets
     import ltx2trainer.jobs.models
     import ltx2trainer.notify.models  # noqa: F401
 

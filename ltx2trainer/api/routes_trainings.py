@@ -20,7 +20,7 @@ from ltx2trainer import netguard, uploads
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
 from ltx2trainer.api.openapi import TrainingInputBody
 from ltx2trainer.api.render import render_checkpoints, render_file, render_job
-from ltx2trainer.api.resume import with_parent_fields
+from ltx2trainer.api.resume import with_dataset_fields, with_parent_fields
 from ltx2trainer.api.sse import job_event_stream
 from ltx2trainer.billing.ledger import check_budget, estimated_cost, initial_usage
 from ltx2trainer.errors import UserInputError
@@ -88,6 +88,7 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
     """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
     fal facade. An idempotent replay returns the original job before any budget is checked again."""
     resumed = with_parent_fields(services, principal.owner, body)  # `resume_from`: the parent's data and rank
+    resumed = with_dataset_fields(services, principal.owner, resumed)  # `dataset_id`: the dataset's data
     training_input = validate_training_input(resumed, services.settings.allow_file_urls,
                                              allow_uploads=resumed is not body)
     for what, url in (("webhook_url", training_input.webhook_url), ("fal_webhook", fal_webhook)):
@@ -289,7 +290,7 @@ def promote_checkpoint(job_id: str, step: int, request: Request, principal: Prin
 @router.post("/estimates", summary="What a training would cost, before submitting it")
 def estimate(principal: PrincipalDep, services: ServicesDep,
              body: TrainingInputBody) -> dict[str, Any]:
-    resumed = with_parent_fields(services, principal.owner, body)
+    resumed = with_dataset_fields(services, principal.owner, with_parent_fields(services, principal.owner, body))
     training_input = validate_training_input(resumed, services.settings.allow_file_urls,
                                              allow_uploads=resumed is not body)
     steps = training_input.number_of_steps

@@ -13,6 +13,9 @@ from ltx2trainer.settings import Settings
 
 TRAINING_QUEUE = "trainings"
 RUN_JOB_TASK = "ltx2trainer.run_job"
+# Dataset preparation (jobs/datasets.py) needs no GPU: its own queue, which CPU-only workers can serve alone.
+PREPARE_QUEUE = "prepare"
+PREPARE_DATASET_TASK = "ltx2trainer.prepare_dataset"
 EMBEDDED_POLL_INTERVAL_S = 0.1  # how often an idle worker looks for work on the filesystem broker
 
 
@@ -42,7 +45,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=TRAINING_QUEUE,
-        task_routes={RUN_JOB_TASK: {"queue": TRAINING_QUEUE}},
+        task_routes={RUN_JOB_TASK: {"queue": TRAINING_QUEUE}, PREPARE_DATASET_TASK: {"queue": PREPARE_QUEUE}},
         task_ignore_result=True,  # job state lives in the database, not in a result backend
         # Acknowledge after the job returns, so a worker that dies mid-job hands it on...
         task_acks_late=True,

@@ -18,6 +18,8 @@ from ltx2trainer.settings import Settings
 class JobQueue(Protocol):
     def enqueue(self, job_id: str) -> None: ...
 
+    def enqueue_preparation(self, dataset_id: str) -> None: ...
+
     def pending_job_ids(self) -> set[str] | None: ...
 
 
@@ -34,6 +36,12 @@ class CeleryJobQueue:
         from ltx2trainer.jobs.celery_app import RUN_JOB_TASK, TRAINING_QUEUE
 
         self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+
+    def enqueue_preparation(self, dataset_id: str) -> None:
+        """Send `prepare_dataset(dataset_id)` to the `prepare` queue."""
+        from ltx2trainer.jobs.celery_app import PREPARE_DATASET_TASK, PREPARE_QUEUE
+
+        self.app.send_task(PREPARE_DATASET_TASK, args=[dataset_id], queue=PREPARE_QUEUE)
 
     def pending_job_ids(self) -> set[str] | None:
         """Job ids of the run_job messages the broker holds, waiting or unacknowledged; None when this broker

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Protocol
 from ltx2trainer.errors import JobCancelled, ModelError, UserInputError
 from ltx2trainer.model.identity import BaseModelInfo, describe_model  # torch-free
 from ltx2trainer.pipeline.continuation import (
+    ENCODED_PREFIX,
     PREPARED_ARCHIVE,
     ParentCheckpoint,
     check_parent_model,
@@ -69,6 +70,10 @@ class JobContext(Protocol):
     # `resume_from`: the caller's training's checkpoint of `step`, downloaded into `folder`; raises
     # UserInputError when it is not the owner's, not finished, or has no such checkpoint.
     def fetch_parent(self, training_id: str, step: int, folder: Path) -> ParentCheckpoint: ...
+    # `dataset_id`: the owner's ready dataset, downloaded into `folder`: (prepared zip, encoded-latent zips, the
+    # names of the encoded caches it has); and storing one more encoded cache with it.
+    def fetch_dataset(self, dataset_id: str, folder: Path) -> tuple[Path, list[Path], set[str]]: ...
+    def store_dataset_cache(self, dataset_id: str, cache_name: str, archive: Path) -> None: ...
 
 
 def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
@@ -94,9 +99,12 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         training_input = _with_validation_adjusted(training_input, memory_plan)
 
     ctx.set_phase("fetching")
-    parent = None
+    parent, dataset_caches = None, set()
     if training_input.resume_from is not None:  # the parent's data, as it prepared and encoded it
         parent = _continue_from(ctx, training_input, base)
+        report = PrepareReport.read(work / "dataset")
+    elif training_input.dataset_id is not None:  # prepared once, by a prepare worker
+        dataset_caches = _use_dataset(ctx, training_input.dataset_id)
         report = PrepareReport.read(work / "dataset")
     else:
         ctx.log("fetching the training data")
@@ -160,6 +168,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
             _store_prepared(ctx, work)
         raise
     _store_prepared(ctx, work)
+    if training_input.dataset_id is not None:
+        _store_dataset_caches(ctx, training_input.dataset_id, work, dataset_caches)
 
     ctx.set_phase("publishing")
     exported = result.exported
@@ -171,7 +181,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         metrics=TrainingMetrics(steps=result.steps_done, final_loss=result.losses[-1] if result.losses else None,
                                 training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
                                 holdout_loss=finite_loss(result.holdout_loss),
-                                early_stopping=result.early_stopping),
+                                early_stopping=result.early_stopping, samples_encoded=result.samples_encoded,
+                                samples_reused=result.samples_reused),
         debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
                                   "application/zip") if training_input.debug_dataset else None,
     )
@@ -270,6 +281,29 @@ def _continue_from(ctx: JobContext, training_input: TrainingInput, base: BaseMod
     if not (ctx.work_dir / "dataset" / REPORT_NAME).exists():
         unpack_prepared(parent.prepared, ctx.work_dir)
     return parent
+
+
+def _use_dataset(ctx: JobContext, dataset_id: str) -> set[str]:
+    """Put the dataset's prepared folder and its encoded latents where preparing and encoding would have; returns
+    the names of the encoded caches it already had."""
+    ctx.log(f"training on dataset {dataset_id}: nothing to fetch or prepare")
+    if (ctx.work_dir / "dataset" / REPORT_NAME).exists():  # a resumed attempt of this job unpacked it already
+        return set()
+    prepared, encoded, names = ctx.fetch_dataset(dataset_id, ctx.work_dir / "from_dataset")
+    for archive in (prepared, *encoded):
+        unpack_prepared(archive, ctx.work_dir)
+        archive.unlink(missing_ok=True)
+    return names
+
+
+def _store_dataset_caches(ctx: JobContext, dataset_id: str, work: Path, known: set[str]) -> None:
+    """Give the dataset the latents this job encoded for a base model it had none for."""
+    for folder in sorted((work / "train").glob(ENCODED_PREFIX + "*")):
+        if folder.name not in known and folder.is_dir():
+            archive = zip_folders(work / f"{folder.name}.zip", work, [folder])
+            ctx.store_dataset_cache(dataset_id, folder.name, archive)
+            archive.unlink(missing_ok=True)
+            ctx.log(f"stored the encoded latents with dataset {dataset_id} for the next training on this model")
 
 
 def _store_prepared(ctx: JobContext, work: Path) -> None:

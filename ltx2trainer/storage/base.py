@@ -87,6 +87,11 @@ def owner_prefix(owner: str) -> str:
     return job_prefix(owner, "x").removesuffix("x/")
 
 
+def dataset_prefix(owner: str, dataset_id: str) -> str:
+    """Where a dataset's files live (jobs/datasets.py): beside the owner's jobs, ``jobs/{owner}/datasets/{id}/``."""
+    return f"{owner_prefix(owner)}datasets/{dataset_id}/"
+
+
 def content_disposition(file_name: str) -> str:
     """A Content-Disposition header value that downloads as `file_name` (RFC 6266, UTF-8 via RFC 5987).
 

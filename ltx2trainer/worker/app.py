@@ -17,7 +17,13 @@ import time
 from celery import Celery, signals
 from celery.utils.nodenames import host_format
 
-from ltx2trainer.jobs.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
+from ltx2trainer.jobs.celery_app import (
+    PREPARE_DATASET_TASK,
+    PREPARE_QUEUE,
+    RUN_JOB_TASK,
+    TRAINING_QUEUE,
+    make_celery,
+)
 from ltx2trainer.jobs.db import utcnow
 from ltx2trainer.jobs.workers import SEEN_EVERY_S, ServedModel, identify_model, record_worker, touch_worker
 from ltx2trainer.settings import Settings
@@ -46,6 +52,12 @@ def make_worker_app(settings: Settings) -> Celery:
         # this very worker (its child was killed) is resumed at once instead of waiting for its lease.
         worker_id = task.request.hostname or socket.gethostname()
         return execute_job(job_id, settings, worker_id=worker_id)
+
+    @app.task(name=PREPARE_DATASET_TASK)
+    def prepare_dataset(dataset_id: str) -> str:
+        from ltx2trainer.worker.prepare_runner import execute_preparation
+
+        return execute_preparation(dataset_id, settings)
 
     return app
 
@@ -80,6 +92,7 @@ class Maintenance(threading.Thread):
                 if tick % ticks_per_reap == 0:
                     reap_dead_workers(services)
                     sweep_lost_jobs(services)
+                    sweep_stale_preparations(services)
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
                 log.exception("maintenance tick failed")
             if self.worker_name and time.monotonic() - last_seen >= SEEN_EVERY_S:
@@ -136,6 +149,21 @@ def sweep_lost_jobs(services: Services, *, grace_s: float = LOST_AFTER_S) -> lis
     return republished
 
 
+def sweep_stale_preparations(services: Services) -> list[str]:
+    """Queue again the datasets whose preparing worker stopped renewing its lease (claiming is idempotent, so a
+    duplicate message does nothing)."""
+    from ltx2trainer.jobs.datasets import requeue_stale_preparations
+
+    stale = requeue_stale_preparations(services.db)
+    for dataset_id in stale:
+        try:
+            services.queue.enqueue_preparation(dataset_id)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: the next tick tries again
+            log.warning("could not queue dataset %s again (%s)", dataset_id, exc)
+            break
+    return stale
+
+
 def announce_model(settings: Settings) -> ServedModel:
     """Identify the configured model and say so in the log (no torch, no weights read). A bad model is logged
     as an error, not raised: the worker keeps serving and its jobs fail with `model_error`."""
@@ -150,7 +178,8 @@ def announce_model(settings: Settings) -> ServedModel:
     return served
 
 
-def run_worker(settings: Settings, *, loglevel: str = "INFO", name: str = "trainer@%h") -> None:
+def run_worker(settings: Settings, *, loglevel: str = "INFO", name: str = "trainer@%h",
+               queues: tuple[str, ...] = (TRAINING_QUEUE, PREPARE_QUEUE)) -> None:
     """Run a Celery worker for training jobs in this process (blocks).
 
     At start-up it says which model it serves (family, version, file), or logs why the configured model is
@@ -169,5 +198,5 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO", name: str = "train
     def _stop(**_kwargs) -> None:
         maintenance.stop_event.set()
 
-    app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", TRAINING_QUEUE, "--pool=prefork",
+    app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", ",".join(queues), "--pool=prefork",
                      "--concurrency=1", "-n", name, "--without-gossip", "--without-mingle"])

@@ -165,6 +165,37 @@ class WorkerContext:
                                  code="not_found") from None
         return ParentCheckpoint(training_id, step, lora_file, prepared)
 
+    def fetch_dataset(self, dataset_id: str, folder: Path) -> tuple[Path, list[Path], set[str]]:
+        """`dataset_id`: the owner's ready dataset's prepared zip and its encoded-latent zips, downloaded into
+        `folder`; returns (prepared zip, encoded zips, the cache folder names the dataset has)."""
+        from ltx2trainer.errors import UserInputError
+        from ltx2trainer.jobs.datasets import DatasetStatus, get_dataset, mark_used
+
+        row = get_dataset(self.lifecycle.db, dataset_id, self.owner)
+        if row is None or row.status != DatasetStatus.READY:
+            raise UserInputError(f"dataset_id: no ready dataset {dataset_id} (deleted, or not prepared)",
+                                 code="not_found")
+        mark_used(self.lifecycle.db, dataset_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        prepared = folder / "prepared.zip"
+        self._download(row.files["prepared"]["key"], prepared)
+        encoded = []
+        for name, ref in sorted((row.encoded or {}).items()):
+            self._download(ref["key"], folder / f"{name}.zip")
+            encoded.append(folder / f"{name}.zip")
+        return prepared, encoded, set(row.encoded or {})
+
+    def store_dataset_cache(self, dataset_id: str, cache_name: str, archive: Path) -> None:
+        """Keep one base model's encoded latents with the dataset, for the next training on that model."""
+        from ltx2trainer.jobs.datasets import record_encoded
+        from ltx2trainer.storage import dataset_prefix
+
+        key = dataset_prefix(self.owner, dataset_id) + f"encoded/{cache_name}.zip"
+        stored = self.storage.put_file(key, archive, "application/zip")
+        record_encoded(self.lifecycle.db, dataset_id, cache_name, {
+            "key": stored.key, "content_type": "application/zip", "file_name": archive.name,
+            "file_size": stored.size})
+
     def _download(self, key: str, target: Path) -> None:
         import shutil
 

@@ -1,0 +1,163 @@
+"""Datasets as resources: created through the API, prepared once by a worker's `prepare` task, reviewed (report,
+contact sheet, sample clips), trained on by several trainings that encode once, deleted when unused."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ltx2trainer.api import create_app
+from ltx2trainer.jobs.keys import create_key
+from ltx2trainer.settings import Settings
+from ltx2trainer.storage import dataset_prefix
+from ltx2trainer.wiring import Services
+from ltx2trainer.worker.prepare_runner import execute_preparation
+from ltx2trainer.worker.runner import execute_job
+from tests.live_service import FAST_JOB, tiny_dataset_url
+
+DATASET_FIELDS = {key: FAST_JOB[key] for key in ("number_of_frames", "resolution", "aspect_ratio")}
+TRAINING = {key: FAST_JOB[key] for key in ("number_of_steps", "rank", "learning_rate")}
+
+
+@dataclass
+class Site:
+    client: TestClient
+    services: Services
+    alice: dict[str, str]
+    bob: dict[str, str]
+    data_url: str
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[Site]:
+    folder = tmp_path_factory.mktemp("datasets")
+    settings = Settings(data_dir=folder / "data", prepare_workers=1)
+    services = Services(settings)
+    app = create_app(settings, services=services)
+    app.state.poll_cache.ttl_s = 0
+    alice = {"Authorization": f"Key {create_key(services.db, 'alice').token}"}
+    bob = {"Authorization": f"Key {create_key(services.db, 'bob').token}"}
+    with TestClient(app) as client:
+        yield Site(client, services, alice, bob, tiny_dataset_url(folder / "media"))
+    services.db.engine.dispose()
+
+
+def _create(site: Site, **fields) -> dict:
+    response = site.client.post("/v1/datasets", headers=site.alice,
+                                json={"training_data_url": site.data_url, **DATASET_FIELDS, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def ready(site: Site) -> dict:
+    created = _create(site, trigger_phrase="zq style")
+    assert created["status"] == "queued"
+    assert execute_preparation(created["id"], site.services.settings, services=site.services) == "ready"
+    return site.client.get(f"/v1/datasets/{created['id']}", headers=site.alice).json()
+
+
+def test_a_dataset_is_validated_like_a_training_and_takes_only_dataset_fields(site: Site):
+    response = site.client.post("/v1/datasets", headers=site.alice,
+                                json={"training_data_url": site.data_url, "learning_rate": 0.1})
+    assert response.status_code == 422 and "learning_rate is not a dataset field" in response.text
+    adjusted = _create(site, number_of_frames=10)
+    assert adjusted["fields"]["number_of_frames"] == 9
+    assert adjusted["adjustments"][0]["field"] == "number_of_frames"
+    missing = site.client.post("/v1/datasets", headers=site.alice, json={"resolution": "low"})
+    assert missing.status_code == 422 and "training_data_url" in missing.text
+
+
+@pytest.mark.slow
+def test_a_prepared_dataset_shows_its_report_contact_sheet_and_clips(site: Site, ready: dict):
+    assert ready["status"] == "ready" and ready["samples"] == 2
+    assert ready["report"]["counts"]["samples_out"] == 2 and ready["fields"]["trigger_phrase"] == "zq style"
+    sheet = Image.open(io.BytesIO(site.client.get(ready["contact_sheet"]["url"]).content))
+    assert sheet.format == "PNG" and sheet.width >= 2 * 100
+    assert len(ready["sample_files"]) == 2
+    for file in ready["sample_files"].values():
+        clip = site.client.get(file["url"])
+        assert clip.status_code == 200 and clip.content[4:8] == b"ftyp" and file["content_type"] == "video/mp4"
+    assert site.client.get(f"/v1/datasets/{ready['id']}", headers=site.bob).status_code == 404
+    listed = site.client.get("/v1/datasets", headers=site.alice).json()["data"]
+    assert ready["id"] in {d["id"] for d in listed}
+    assert site.client.get("/v1/datasets", headers=site.bob).json()["data"] == []
+
+
+@pytest.mark.slow
+def test_two_trainings_on_a_dataset_encode_once(site: Site, ready: dict):
+    outputs = []
+    for learning_rate in (0.001, 0.002):
+        response = site.client.post("/v1/trainings", headers=site.alice, json={
+            **TRAINING, "learning_rate": learning_rate, "dataset_id": ready["id"]})
+        assert response.status_code == 201, response.text
+        job = response.json()
+        assert job["input"]["training_data_url"] == ready["fields"]["training_data_url"]
+        assert job["input"]["trigger_phrase"] == "zq style"
+        assert execute_job(job["id"], site.services.settings, worker_id="w1", services=site.services) == "succeeded"
+        done = site.client.get(f"/v1/trainings/{job['id']}", headers=site.alice).json()
+        logs = [line["message"] for line in site.client.get(f"/v1/trainings/{job['id']}/logs?limit=1000",
+                                                            headers=site.alice).json()["data"]]
+        assert any(f"training on dataset {ready['id']}" in line for line in logs)
+        assert not any("fetching the training data" in line for line in logs)
+        outputs.append(done["output"]["metrics"])
+    assert (outputs[0]["samples_encoded"], outputs[0]["samples_reused"]) == (2, 0)
+    assert (outputs[1]["samples_encoded"], outputs[1]["samples_reused"]) == (0, 2)  # the first one's latents
+    again = site.client.get(f"/v1/datasets/{ready['id']}", headers=site.alice).json()
+    assert len(again["encoded_for"]) == 1 and len(again["trainings"]) == 2 and again["last_used_at"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"resolution": "high"}, "resolution: a training on dataset"),
+    ({"training_data_url": "https://example.com/other.zip"}, "uses its training data"),
+    ({"dataset_id": "nope"}, "no dataset nope"),
+    ({"resume_from": {"training_id": "x", "step": 1}}, "give dataset_id or resume_from, not both"),
+])
+def test_a_training_on_a_dataset_cannot_change_its_data(site: Site, ready: dict, fields, message):
+    response = site.client.post("/v1/trainings", headers=site.alice,
+                                json={**TRAINING, "dataset_id": ready["id"], **fields})
+    assert response.status_code == 422, response.text
+    assert message in response.text
+
+
+@pytest.mark.slow
+def test_another_owners_or_an_unready_dataset_cannot_be_trained_on(site: Site, ready: dict):
+    stolen = site.client.post("/v1/trainings", headers=site.bob, json={**TRAINING, "dataset_id": ready["id"]})
+    assert stolen.status_code == 422 and f"no dataset {ready['id']}" in stolen.text
+    waiting = _create(site)
+    early = site.client.post("/v1/trainings", headers=site.alice, json={**TRAINING, "dataset_id": waiting["id"]})
+    assert early.status_code == 422 and "is queued; submit once it is ready" in early.text
+
+
+def test_a_dataset_of_no_media_fails_with_the_reason(site: Site):
+    not_a_zip = "data:application/zip;base64," + base64.b64encode(b"hello, not a zip").decode()
+    created = _create(site, training_data_url=not_a_zip)
+    assert execute_preparation(created["id"], site.services.settings, services=site.services) == "failed"
+    failed = site.client.get(f"/v1/datasets/{created['id']}", headers=site.alice).json()
+    assert failed["status"] == "failed" and failed["error"]["type"] == "invalid_archive"
+    assert "zip" in failed["error"]["message"]
+    refused = site.client.post("/v1/trainings", headers=site.alice, json={**TRAINING, "dataset_id": created["id"]})
+    assert refused.status_code == 422 and "failed to prepare" in refused.text
+    assert execute_preparation(created["id"], site.services.settings, services=site.services) == "skipped"
+
+
+@pytest.mark.slow
+def test_a_dataset_in_use_is_not_deleted_and_an_unused_one_is_with_its_files(site: Site):
+    created = _create(site)
+    execute_preparation(created["id"], site.services.settings, services=site.services)
+    queued = site.client.post("/v1/trainings", headers=site.alice, json={**TRAINING, "dataset_id": created["id"]})
+    refused = site.client.delete(f"/v1/datasets/{created['id']}", headers=site.alice)
+    assert refused.status_code == 409 and queued.json()["id"] in refused.json()["detail"]
+    site.services.lifecycle.request_cancel(queued.json()["id"])
+    assert site.client.delete(f"/v1/datasets/{created['id']}", headers=site.bob).status_code == 404
+    assert site.client.delete(f"/v1/datasets/{created['id']}", headers=site.alice).status_code == 204
+    assert site.client.get(f"/v1/datasets/{created['id']}", headers=site.alice).status_code == 404
+    storage_root = site.services.settings.data_dir / "storage"
+    assert not (storage_root / dataset_prefix("alice", created["id"])).exists()
