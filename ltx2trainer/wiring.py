@@ -25,6 +25,7 @@ def all_tables() -> MetaData:
     import ltx2trainer.billing.models
     import ltx2trainer.jobs.datasets
     import ltx2trainer.jobs.models
+    import ltx2trainer.jobs.sweeps
     import ltx2trainer.notify.models  # noqa: F401
 
     return Base.metadata

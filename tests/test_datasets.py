@@ -7,6 +7,7 @@ import base64
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import pytest
 from fastapi.testclient import TestClient
@@ -161,3 +162,54 @@ def test_a_dataset_in_use_is_not_deleted_and_an_unused_one_is_with_its_files(sit
     assert site.client.get(f"/v1/datasets/{created['id']}", headers=site.alice).status_code == 404
     storage_root = site.services.settings.data_dir / "storage"
     assert not (storage_root / dataset_prefix("alice", created["id"])).exists()
+
+
+# --- sweeps --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sweep_of_four_runs_on_the_dataset_and_compares_them(site: Site, ready: dict):
+    price = site.services.settings.price_per_step
+    response = site.client.post("/v1/sweeps", headers=site.alice, json={
+        "dataset_id": ready["id"], "grid": {"learning_rate": [0.001, 0.003], "rank": [8, 16]},
+        "base": {"number_of_steps": 100, "seed": 3}})
+    assert response.status_code == 201, response.text
+    sweep = response.json()
+    assert Decimal(sweep["estimated_cost_usd"]) == 400 * price
+    assert [t["values"] for t in sweep["trainings"]] == [
+        {"learning_rate": 0.001, "rank": 8}, {"learning_rate": 0.001, "rank": 16},
+        {"learning_rate": 0.003, "rank": 8}, {"learning_rate": 0.003, "rank": 16}]
+    for point in sweep["trainings"]:
+        job = site.client.get(f"/v1/trainings/{point['training_id']}", headers=site.alice).json()
+        assert job["input"]["dataset_id"] == ready["id"] and job["metadata"]["sweep_id"] == sweep["id"]
+        assert (job["input"]["learning_rate"], job["input"]["rank"]) == (point["values"]["learning_rate"],
+                                                                         point["values"]["rank"])
+        assert execute_job(point["training_id"], site.services.settings, worker_id="w1",
+                           services=site.services) == "succeeded"
+    compared = site.client.get(f"/v1/sweeps/{sweep['id']}", headers=site.alice).json()
+    assert compared["finished"] == 4 and Decimal(compared["cost_usd"]) == 400 * price
+    rows = compared["trainings"]
+    assert all(row["status"] == "succeeded" and row["final_loss"] is not None for row in rows)
+    best = min(rows, key=lambda row: row["final_loss"])
+    assert compared["best"] == {"training_id": best["training_id"], "values": best["values"], "by": "final_loss",
+                                "loss": best["final_loss"]}
+    assert site.client.get(f"/v1/sweeps/{sweep['id']}", headers=site.bob).status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"grid": {"learning_rate": [0.001, 0.002, 0.003, 0.004, 0.005], "rank": [8, 16, 32, 64]}}, 422,
+     "the grid has 20 points; a sweep runs at most 16"),
+    ({"grid": {"resolution": ["low", "high"]}}, 422, "resolution cannot be swept"),
+    ({"grid": {"rank": [8, 8]}}, 422, "distinct values"),
+    ({"grid": {"rank": [8, 7]}}, 422, "grid point 1 {'rank': 7}"),
+    ({"grid": {"rank": [8]}, "base": {"resolution": "high"}}, 422, "base.resolution is not allowed"),
+    ({"grid": {"rank": [8, 16]}, "base": {"number_of_steps": 100}, "max_cost_usd": 0.5}, 402,
+     "the sweep of 2 trainings would cost $0.9600"),
+])
+def test_a_sweep_that_cannot_run_creates_nothing(site: Site, ready: dict, body, status, message):
+    before = len(site.client.get("/v1/trainings?limit=100", headers=site.alice).json()["data"])
+    response = site.client.post("/v1/sweeps", headers=site.alice, json={"dataset_id": ready["id"], **body})
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert len(site.client.get("/v1/trainings?limit=100", headers=site.alice).json()["data"]) == before

@@ -12,7 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ltx2trainer.api import routes_datasets, routes_metrics, routes_ops, routes_trainings, routes_usage
+from ltx2trainer.api import (
+    routes_datasets,
+    routes_metrics,
+    routes_ops,
+    routes_sweeps,
+    routes_trainings,
+    routes_usage,
+)
 from ltx2trainer.api.cache import TTLCache
 from ltx2trainer.api.middleware import AccessLog, BoundedBody, RefuseNulBytes, ThreadLimit
 from ltx2trainer.api.openapi import publish_input_schema
@@ -43,6 +50,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(routes_trainings.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_datasets.router)
+    app.include_router(routes_sweeps.router)
     app.include_router(routes_usage.router)
     app.include_router(routes_usage.pages)
     app.include_router(routes_ops.router)

@@ -84,9 +84,10 @@ def store_inline_data(services, owner: str, data_url: str) -> str:
 
 
 def submit_training(services, principal, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
-                    app_id: str | None = None, fal_webhook: str | None = None):
+                    app_id: str | None = None, fal_webhook: str | None = None, budget_checked: bool = False):
     """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
-    fal facade. An idempotent replay returns the original job before any budget is checked again."""
+    fal facade and sweeps (`budget_checked`: the sweep checked its trainings' budget as one). An idempotent
+    replay returns the original job before any budget is checked again."""
     resumed = with_parent_fields(services, principal.owner, body)  # `resume_from`: the parent's data and rank
     resumed = with_dataset_fields(services, principal.owner, resumed)  # `dataset_id`: the dataset's data
     training_input = validate_training_input(resumed, services.settings.allow_file_urls,
@@ -124,7 +125,8 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
             adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
             app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
             metadata=training_input.metadata, idempotency_key=idempotency_key, body_hash=body_hash,
-            public_base_url=base_url, api_key_id=principal.key_id, usage=usage, guard=within_budget,
+            public_base_url=base_url, api_key_id=principal.key_id, usage=usage,
+            guard=None if budget_checked else within_budget,
         )
     except IdempotencyConflict as exc:
         # 422, not 409: queue clients retry 409s as if they were transient.
