@@ -133,6 +133,7 @@ def _dashboard_row(job: JobRow, services, base_url: str, price) -> dict[str, Any
 pages = APIRouter(include_in_schema=False)
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text(encoding="utf-8")
 TRAINING_HTML = (Path(__file__).parent / "static" / "training.html").read_text(encoding="utf-8")
+DATASET_HTML = (Path(__file__).parent / "static" / "dataset.html").read_text(encoding="utf-8")
 
 
 @pages.get("/dashboard")
@@ -146,3 +147,10 @@ def training_page(job_id: str) -> HTMLResponse:  # the page reads the id from it
     """One training's page: status, cost, input, loss curve and checkpoints (clips, downloads, promote). The
     same static page for every id: it signs in like the dashboard and reads the job's /v1 resources."""
     return HTMLResponse(TRAINING_HTML, headers={"Cache-Control": "no-store"})
+
+
+@pages.get("/dashboard/datasets/{dataset_id}")
+def dataset_page(dataset_id: str) -> HTMLResponse:  # the page reads the id from its own path
+    """One dataset's page: status, fields, the preparation report (skipped clips, warnings, audio), the contact
+    sheet, each sample's clip and the trainings on it. Signs in like the dashboard and reads /v1/datasets/{id}."""
+    return HTMLResponse(DATASET_HTML, headers={"Cache-Control": "no-store"})
