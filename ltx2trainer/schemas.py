@@ -449,6 +449,7 @@ class TrainingMetrics(BaseModel):
     # Samples whose latents this job encoded, and those it found encoded already (a dataset's or a parent's).
     samples_encoded: int | None = None
     samples_reused: int | None = None
+    dataset_id: str | None = None  # the dataset it trained on: given, or its data's (implicit) dataset
 
 
 class CancelledTrainingMetrics(BaseModel):

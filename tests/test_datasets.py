@@ -213,3 +213,35 @@ def test_a_sweep_that_cannot_run_creates_nothing(site: Site, ready: dict, body, 
     assert response.status_code == status, response.text
     assert message in response.text
     assert len(site.client.get("/v1/trainings?limit=100", headers=site.alice).json()["data"]) == before
+
+
+# --- the implicit dataset of a data URL ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_same_data_submitted_again_with_the_same_fields_reuses_its_implicit_dataset(site: Site):
+    def train(**fields) -> dict:
+        response = site.client.post("/v1/trainings", headers=site.alice, json={
+            **TRAINING, **DATASET_FIELDS, "training_data_url": site.data_url, "trigger_phrase": "implicit", **fields})
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        assert execute_job(job_id, site.services.settings, worker_id="w1", services=site.services) == "succeeded"
+        job = site.client.get(f"/v1/trainings/{job_id}", headers=site.alice).json()
+        logs = [line["message"] for line in site.client.get(f"/v1/trainings/{job_id}/logs?limit=1000",
+                                                            headers=site.alice).json()["data"]]
+        return {**job["output"]["metrics"], "logs": logs}
+
+    first = train()
+    assert (first["samples_encoded"], first["samples_reused"]) == (2, 0) and first["dataset_id"]
+    assert any(f"kept as dataset {first['dataset_id']}" in line for line in first["logs"])
+    kept = site.client.get(f"/v1/datasets/{first['dataset_id']}", headers=site.alice).json()
+    assert kept["status"] == "ready" and kept["samples"] == 2 and len(kept["encoded_for"]) == 1
+
+    second = train(learning_rate=0.002)  # the same bytes and dataset fields: nothing prepared or encoded again
+    assert second["dataset_id"] == first["dataset_id"]
+    assert (second["samples_encoded"], second["samples_reused"]) == (0, 2)
+    assert any("prepared before with the same fields" in line for line in second["logs"])
+    assert not any(line.startswith("fetch_and_prepare") for line in second["logs"])
+
+    other = train(trigger_phrase="other")  # other captions: another dataset
+    assert other["dataset_id"] != first["dataset_id"] and other["samples_encoded"] == 2

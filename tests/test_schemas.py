@@ -253,7 +253,7 @@ def test_the_output_keeps_each_summarys_own_keys_as_the_job_stores_it():
                 "debug_dataset": None, "lora_comfyui_file": ref("lora_comfyui.safetensors"),
                 "metrics": {"steps": 100, "final_loss": 0.5, "training_seconds": 12.5, "samples": 2,
                             "holdout_loss": 0.625, "early_stopping": None, "samples_encoded": 2,
-                            "samples_reused": 0}, "promoted_step": None}
+                            "samples_reused": 0, "dataset_id": "d1"}, "promoted_step": None}
     cancelled = {**finished, "metrics": {"steps": 50, "cancelled_at_step": 50}}
     stopped_early = {**finished, "promoted_step": 40, "metrics": {**finished["metrics"], "steps": 60, "early_stopping": {
         "stopped_at_step": 60, "best_step": 40, "best_loss": 0.5, "measured": "holdout_loss", "patience": 2}}}

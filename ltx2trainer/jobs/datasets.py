@@ -34,12 +34,15 @@ class DatasetStatus:
 
 class DatasetRow(Base):
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_owner_created", "owner", "created_at"),)
+    __table_args__ = (Index("ix_datasets_owner_created", "owner", "created_at"),
+                      Index("ix_datasets_owner_source", "owner", "source_sha256"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.QUEUED)
     fields: Mapped[dict[str, Any]]  # training_data_url and the dataset fields, as validated
+    # SHA-256 of the fetched archive, once known: a training whose data has the same content and fields reuses it
+    source_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     adjustments: Mapped[list[Any]] = mapped_column(default=list)
     report: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # PrepareReport as JSON, once ready
     files: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {prepared, contact_sheet, samples: {…}}
@@ -54,7 +57,7 @@ class DatasetRow(Base):
 
 def create_dataset(db: Database, owner: str, fields: dict[str, Any], adjustments: list[Any]) -> DatasetRow:
     with db.session() as session:
-        row = DatasetRow(id=str(uuid.uuid4()), owner=owner, fields=fields, adjustments=adjustments)
+        row = DatasetRow(id=new_dataset_id(), owner=owner, fields=fields, adjustments=adjustments)
         session.add(row)
         session.flush()
         session.expunge(row)
@@ -109,15 +112,44 @@ def renew_lease(db: Database, dataset_id: str, lease_s: float) -> None:
 
 
 def finish_dataset(db: Database, dataset_id: str, *, report: dict[str, Any] | None = None,
-                   files: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
+                   files: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                   source_sha256: str | None = None) -> None:
     """Ready with its report and files, or failed with `error` (`{type, message}`)."""
     with db.session() as session:
         row = session.get(DatasetRow, dataset_id)
         if row is None or row.status != DatasetStatus.PREPARING:
             return
         row.status = DatasetStatus.FAILED if error else DatasetStatus.READY
-        row.report, row.files, row.error = report, files, error
+        row.report, row.files, row.error, row.source_sha256 = report, files, error, source_sha256
         row.finished_at, row.lease_expires_at = utcnow(), None
+
+
+def find_ready_dataset(db: Database, owner: str, source_sha256: str, fields: dict[str, Any]) -> DatasetRow | None:
+    """The owner's ready dataset of this content prepared with these fields (the data URL aside), if any."""
+    wanted = {name: value for name, value in fields.items() if name != "training_data_url"}
+    with db.session() as session:
+        for row in session.scalars(select(DatasetRow).where(
+                DatasetRow.owner == owner, DatasetRow.source_sha256 == source_sha256,
+                DatasetRow.status == DatasetStatus.READY).order_by(DatasetRow.created_at)):
+            if {name: row.fields.get(name) for name in wanted} == wanted:
+                session.expunge(row)
+                return row
+    return None
+
+
+def create_ready_dataset(db: Database, owner: str, fields: dict[str, Any], adjustments: list[Any],
+                         source_sha256: str, report: dict[str, Any], files: dict[str, Any],
+                         dataset_id: str) -> None:
+    """A dataset made by a training that prepared its own data (the implicit dataset of a data URL)."""
+    now = utcnow()
+    with db.session() as session:
+        session.add(DatasetRow(id=dataset_id, owner=owner, fields=fields, adjustments=adjustments,
+                               status=DatasetStatus.READY, source_sha256=source_sha256, report=report,
+                               files=files, created_at=now, finished_at=now, last_used_at=now))
+
+
+def new_dataset_id() -> str:
+    return str(uuid.uuid4())
 
 
 def record_encoded(db: Database, dataset_id: str, cache_name: str, ref: dict[str, Any]) -> None:

@@ -52,6 +52,46 @@ def contact_sheet(dataset_dir: Path, target: Path, rows: list[ManifestRow] | Non
     return target
 
 
+PREPARED_NAME = "prepared.zip"
+CONTACT_SHEET_NAME = "contact_sheet.png"
+
+
+def store_dataset_files(storage, prefix: str, work: Path) -> dict:
+    """Store the prepared folder `work/dataset` under `prefix` (a dataset's, `storage.dataset_prefix`): the
+    folder as one zip (what trainings on it unpack), a contact sheet and each sample's clip. Returns their
+    references: `{prepared, contact_sheet, samples: {sample id: ref}}`."""
+    from ltx2trainer.pipeline.continuation import zip_folders
+
+    def store(name: str, path: Path, content_type: str) -> dict:
+        stored = storage.put_file(prefix + name, path, content_type)
+        return {"key": stored.key, "content_type": content_type, "file_name": Path(name).name,
+                "file_size": stored.size}
+
+    dataset_dir = work / "dataset"
+    prepared = zip_folders(work / PREPARED_NAME, work, [dataset_dir])
+    sheet = contact_sheet(dataset_dir, work / CONTACT_SHEET_NAME)
+    try:
+        return {
+            "prepared": store(PREPARED_NAME, prepared, "application/zip"),
+            "contact_sheet": store(CONTACT_SHEET_NAME, sheet, "image/png"),
+            "samples": {sample_id: store(f"samples/{path.name}", path, content_type)
+                        for sample_id, path, content_type in sample_media(dataset_dir)},
+        }
+    finally:
+        prepared.unlink(missing_ok=True)
+        sheet.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def sample_media(dataset_dir: Path) -> list[tuple[str, Path, str]]:
     """Each sample's stored clip or image: (sample id, path, content type), in manifest order."""
     found = []

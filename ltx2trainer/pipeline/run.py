@@ -34,6 +34,7 @@ from ltx2trainer.pipeline.preprocess import Progress
 from ltx2trainer.pipeline.preprocess.manifest import REPORT_NAME
 from ltx2trainer.pipeline.preprocess.report import PrepareReport
 from ltx2trainer.schemas import (
+    DATASET_FIELDS,
     CancelledTrainingMetrics,
     TrainingInput,
     TrainingMetrics,
@@ -74,6 +75,10 @@ class JobContext(Protocol):
     # names of the encoded caches it has); and storing one more encoded cache with it.
     def fetch_dataset(self, dataset_id: str, folder: Path) -> tuple[Path, list[Path], set[str]]: ...
     def store_dataset_cache(self, dataset_id: str, cache_name: str, archive: Path) -> None: ...
+    # The implicit dataset of a data URL: the owner's ready dataset of this content and fields (its id), and
+    # keeping this job's prepared folder (work/dataset) as a new one (returns its id).
+    def find_dataset(self, sha256: str, fields: dict[str, Any]) -> str | None: ...
+    def register_dataset(self, sha256: str, fields: dict[str, Any], adjustments: list[Any], work: Path) -> str: ...
 
 
 def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
@@ -99,21 +104,27 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         training_input = _with_validation_adjusted(training_input, memory_plan)
 
     ctx.set_phase("fetching")
-    parent, dataset_caches = None, set()
+    parent, dataset_id, dataset_caches, sha256 = None, None, set(), None
     if training_input.resume_from is not None:  # the parent's data, as it prepared and encoded it
         parent = _continue_from(ctx, training_input, base)
         report = PrepareReport.read(work / "dataset")
     elif training_input.dataset_id is not None:  # prepared once, by a prepare worker
-        dataset_caches = _use_dataset(ctx, training_input.dataset_id)
+        dataset_id = training_input.dataset_id
+        dataset_caches = _use_dataset(ctx, dataset_id)
         report = PrepareReport.read(work / "dataset")
     else:
         ctx.log("fetching the training data")
-        source, allow_local = None, None
-        if (upload := parse_reference(training_input.training_data_url)) is not None:  # the gateway's (uploads.py)
-            source, allow_local = str(_read_upload(ctx, work / "fetch", *upload)), True
-        report = fetch_and_prepare(training_input, work / "fetch", work / "dataset", ctx.settings, source=source,
-                                   allow_local=allow_local, on_phase=ctx.set_phase,
-                                   on_progress=_prepare_logger(ctx), cancel=ctx.cancelled).report
+        source, sha256 = _fetch_archive(ctx, training_input)
+        # The implicit dataset: the same content prepared with the same fields before is used as it is.
+        dataset_id = ctx.find_dataset(sha256, _dataset_fields(training_input)) if sha256 else None
+        if dataset_id is not None:
+            ctx.log(f"this data was prepared before with the same fields (dataset {dataset_id}): reusing it")
+            dataset_caches = _use_dataset(ctx, dataset_id)
+            report = PrepareReport.read(work / "dataset")
+        else:
+            report = fetch_and_prepare(training_input, work / "fetch", work / "dataset", ctx.settings,
+                                       source=source, allow_local=True if source else None, on_phase=ctx.set_phase,
+                                       on_progress=_prepare_logger(ctx), cancel=ctx.cancelled).report
     ctx.log(f"dataset: {report.describe()}")
     for skipped in report.skipped:
         ctx.log(f"skipped {skipped.source}: {skipped.reason} ({skipped.detail})", "WARN")
@@ -168,8 +179,12 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
             _store_prepared(ctx, work)
         raise
     _store_prepared(ctx, work)
-    if training_input.dataset_id is not None:
-        _store_dataset_caches(ctx, training_input.dataset_id, work, dataset_caches)
+    if dataset_id is None and sha256 is not None:  # prepared here: now a dataset the next training reuses
+        dataset_id = ctx.register_dataset(sha256, _dataset_fields(training_input),
+                                          [a.model_dump(mode="json") for a in training_input.adjustments], work)
+        ctx.log(f"the prepared data is kept as dataset {dataset_id}")
+    if dataset_id is not None:
+        _store_dataset_caches(ctx, dataset_id, work, dataset_caches)
 
     ctx.set_phase("publishing")
     exported = result.exported
@@ -182,7 +197,7 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
                                 training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
                                 holdout_loss=finite_loss(result.holdout_loss),
                                 early_stopping=result.early_stopping, samples_encoded=result.samples_encoded,
-                                samples_reused=result.samples_reused),
+                                samples_reused=result.samples_reused, dataset_id=dataset_id),
         debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
                                   "application/zip") if training_input.debug_dataset else None,
     )
@@ -281,6 +296,33 @@ def _continue_from(ctx: JobContext, training_input: TrainingInput, base: BaseMod
     if not (ctx.work_dir / "dataset" / REPORT_NAME).exists():
         unpack_prepared(parent.prepared, ctx.work_dir)
     return parent
+
+
+def _dataset_fields(training_input: TrainingInput) -> dict[str, Any]:
+    return training_input.model_dump(mode="json", include={"training_data_url", *DATASET_FIELDS})
+
+
+def _fetch_archive(ctx: JobContext, training_input: TrainingInput) -> tuple[str | None, str | None]:
+    """The training data as a local archive, and its SHA-256: the gateway's stored upload, or a download (kept
+    for a resumed attempt). (None, None) for a local path (the CLI's, or where settings allow file URLs): it is
+    fetched and prepared as it is, without an implicit dataset."""
+    from ltx2trainer.pipeline.dataset_files import file_sha256
+    from ltx2trainer.pipeline.fetch import ARCHIVE_NAME
+
+    if (upload := parse_reference(training_input.training_data_url)) is not None:  # the gateway's (uploads.py)
+        return str(_read_upload(ctx, ctx.work_dir / "fetch", *upload)), upload[0]
+    if local_path(training_input.training_data_url) is not None:
+        return None, None
+    archive = ctx.work_dir / "fetch" / ARCHIVE_NAME
+    if not archive.exists():  # a finished download from an earlier attempt is reused
+        archive.parent.mkdir(parents=True, exist_ok=True)
+
+        def downloaded(received: int, total: int | None) -> None:
+            if ctx.cancelled():
+                raise JobCancelled("cancelled by the user")
+
+        download(training_input.training_data_url, archive, ctx.settings, on_progress=downloaded)
+    return str(archive), file_sha256(archive)
 
 
 def _use_dataset(ctx: JobContext, dataset_id: str) -> set[str]:

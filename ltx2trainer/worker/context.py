@@ -196,6 +196,25 @@ class WorkerContext:
             "key": stored.key, "content_type": "application/zip", "file_name": archive.name,
             "file_size": stored.size})
 
+    def find_dataset(self, sha256: str, fields: dict[str, Any]) -> str | None:
+        from ltx2trainer.jobs.datasets import find_ready_dataset
+
+        found = find_ready_dataset(self.lifecycle.db, self.owner, sha256, fields)
+        return found.id if found is not None else None
+
+    def register_dataset(self, sha256: str, fields: dict[str, Any], adjustments: list[Any], work: Path) -> str:
+        """Keep this job's prepared folder as a ready dataset of the owner's (stored like a prepared one)."""
+        from ltx2trainer.jobs.datasets import create_ready_dataset, new_dataset_id
+        from ltx2trainer.pipeline.dataset_files import store_dataset_files
+        from ltx2trainer.pipeline.preprocess.report import PrepareReport
+        from ltx2trainer.storage import dataset_prefix
+
+        dataset_id = new_dataset_id()
+        files = store_dataset_files(self.storage, dataset_prefix(self.owner, dataset_id), work)
+        report = PrepareReport.read(work / "dataset").model_dump(mode="json")
+        create_ready_dataset(self.lifecycle.db, self.owner, fields, adjustments, sha256, report, files, dataset_id)
+        return dataset_id
+
     def _download(self, key: str, target: Path) -> None:
         import shutil
 

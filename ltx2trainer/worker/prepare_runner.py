@@ -28,8 +28,6 @@ from ltx2trainer.uploads import parse_reference, storage_key
 from ltx2trainer.wiring import Services
 
 log = logging.getLogger(__name__)
-PREPARED_NAME = "prepared.zip"
-CONTACT_SHEET_NAME = "contact_sheet.png"
 
 
 def execute_preparation(dataset_id: str, settings: Settings, *, services: Services | None = None) -> str:
@@ -43,7 +41,7 @@ def execute_preparation(dataset_id: str, settings: Settings, *, services: Servic
     outcome = "ready"
     with _lease(services, dataset_id, settings.job_lease_s):
         try:
-            report, files = _prepare(services, row, work)
+            report, files, sha256 = _prepare(services, row, work)
         except UserInputError as exc:
             finish_dataset(services.db, dataset_id, error={"type": exc.code, "message": paths.hide(exc.message)})
             outcome = "failed"
@@ -56,16 +54,16 @@ def execute_preparation(dataset_id: str, settings: Settings, *, services: Servic
                 "type": "internal_error", "message": paths.hide(f"preparation failed: {type(exc).__name__}: {exc}")})
             outcome = "failed"
         else:
-            finish_dataset(services.db, dataset_id, report=report, files=files)
+            finish_dataset(services.db, dataset_id, report=report, files=files, source_sha256=sha256)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return outcome
 
 
-def _prepare(services: Services, row, work: Path) -> tuple[dict, dict]:
-    from ltx2trainer.pipeline.continuation import zip_folders
-    from ltx2trainer.pipeline.dataset_files import contact_sheet, sample_media
+def _prepare(services: Services, row, work: Path) -> tuple[dict, dict, str | None]:
+    from ltx2trainer.pipeline.dataset_files import file_sha256, store_dataset_files
     from ltx2trainer.pipeline.dataset_source import fetch_and_prepare
+    from ltx2trainer.pipeline.fetch import ARCHIVE_NAME
 
     settings = services.settings
     training_input = TrainingInput.from_job(row.fields, row.adjustments or [], context={
@@ -75,22 +73,11 @@ def _prepare(services: Services, row, work: Path) -> tuple[dict, dict]:
         source, allow_local = str(_copy_upload(services, row.owner, upload[0], work / "fetch")), True
     prepared = fetch_and_prepare(training_input, work / "fetch", work / "dataset", settings, source=source,
                                  allow_local=allow_local)
-    prefix = dataset_prefix(row.owner, row.id)
-
-    def store(name: str, path: Path, content_type: str) -> dict:
-        stored = services.storage.put_file(prefix + name, path, content_type)
-        return {"key": stored.key, "content_type": content_type, "file_name": Path(name).name,
-                "file_size": stored.size}
-
-    files = {
-        "prepared": store(PREPARED_NAME, zip_folders(work / PREPARED_NAME, work, [work / "dataset"]),
-                          "application/zip"),
-        "contact_sheet": store(CONTACT_SHEET_NAME, contact_sheet(work / "dataset", work / CONTACT_SHEET_NAME,
-                                                                 prepared.rows), "image/png"),
-        "samples": {sample_id: store(f"samples/{path.name}", path, content_type)
-                    for sample_id, path, content_type in sample_media(work / "dataset")},
-    }
-    return prepared.report.model_dump(mode="json"), files
+    # What a training with the same content and fields finds (jobs/datasets.find_ready_dataset).
+    archive = work / "fetch" / ARCHIVE_NAME
+    sha256 = upload[0] if upload is not None else file_sha256(archive) if archive.is_file() else None
+    files = store_dataset_files(services.storage, dataset_prefix(row.owner, row.id), work)
+    return prepared.report.model_dump(mode="json"), files, sha256
 
 
 def _copy_upload(services: Services, owner: str, sha256: str, folder: Path) -> Path:

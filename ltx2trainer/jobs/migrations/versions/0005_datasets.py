@@ -24,6 +24,7 @@ def upgrade() -> None:
     sa.Column('owner', sa.String(length=128), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('fields', sa.JSON(), nullable=False),
+    sa.Column('source_sha256', sa.String(length=64), nullable=True),
     sa.Column('adjustments', sa.JSON(), nullable=False),
     sa.Column('report', sa.JSON(), nullable=True),
     sa.Column('files', sa.JSON(), nullable=True),
@@ -38,11 +39,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('datasets', schema=None) as batch_op:
         batch_op.create_index('ix_datasets_owner_created', ['owner', 'created_at'], unique=False)
+        batch_op.create_index('ix_datasets_owner_source', ['owner', 'source_sha256'], unique=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('datasets', schema=None) as batch_op:
+        batch_op.drop_index('ix_datasets_owner_source')
         batch_op.drop_index('ix_datasets_owner_created')
 
     op.drop_table('datasets')
