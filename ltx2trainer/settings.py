@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1")
     checkpoint_every_steps: int = Field(250, gt=0, description="Training checkpoints (what a crashed job resumes from).")
     job_lease_s: int = Field(120, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
+    dataset_retention_days: float = Field(
+        0, ge=0, description="Remove a dataset's stored files once no training has used it for this many days "
+        "(its entry stays, `expired`, saying so); 0 keeps datasets until their owner deletes them.")
     job_max_attempts: int = Field(3, ge=1, description="Runs of one job (crash recovery) before it fails.")
     broker_visibility_timeout_s: int = Field(
         48 * 3600, gt=0, description="Redis: redeliver unacknowledged tasks only after this long (> longest job)."

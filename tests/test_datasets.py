@@ -245,3 +245,37 @@ def test_the_same_data_submitted_again_with_the_same_fields_reuses_its_implicit_
 
     other = train(trigger_phrase="other")  # other captions: another dataset
     assert other["dataset_id"] != first["dataset_id"] and other["samples_encoded"] == 2
+
+
+# --- retention -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_unused_dataset_expires_after_the_retention_and_says_so(site: Site):
+    import datetime as dt
+
+    from ltx2trainer.jobs.datasets import DatasetRow
+    from ltx2trainer.worker.app import expire_unused_datasets
+
+    old, in_use = _create(site), _create(site)
+    for dataset in (old, in_use):
+        assert execute_preparation(dataset["id"], site.services.settings, services=site.services) == "ready"
+    queued = site.client.post("/v1/trainings", headers=site.alice, json={**TRAINING, "dataset_id": in_use["id"]})
+    assert queued.status_code == 201, queued.text
+    with site.services.db.session() as session:  # ten days pass (the database's clock, not the test's)
+        for dataset_id in (old["id"], in_use["id"]):
+            row = session.get(DatasetRow, dataset_id)
+            row.created_at = row.finished_at = row.created_at - dt.timedelta(days=10)
+            row.last_used_at = None
+    keep_all = Services(site.services.settings.model_copy(update={"dataset_retention_days": 0}))
+    assert expire_unused_datasets(keep_all) == []
+    week = Services(site.services.settings.model_copy(update={"dataset_retention_days": 7}))
+    expired = expire_unused_datasets(week)
+    assert old["id"] in expired and in_use["id"] not in expired  # a queued training still needs it
+    shown = site.client.get(f"/v1/datasets/{old['id']}", headers=site.alice).json()
+    assert shown["status"] == "expired" and "after 7 days without a training" in shown["error"]["message"]
+    assert shown["contact_sheet"] is None and shown["sample_files"] == {}
+    assert not (site.services.settings.data_dir / "storage" / dataset_prefix("alice", old["id"])).exists()
+    refused = site.client.post("/v1/trainings", headers=site.alice, json={**TRAINING, "dataset_id": old["id"]})
+    assert refused.status_code == 422 and "expired" in refused.text
+    site.services.lifecycle.request_cancel(queued.json()["id"])

@@ -66,9 +66,9 @@ def with_dataset_fields(services, owner: str, body: Any) -> Any:
     row = get_dataset(services.db, dataset_id, owner)
     if row is None:
         raise _refuse(["dataset_id"], f"dataset_id: no dataset {dataset_id}", "not_found")
-    if row.status == DatasetStatus.FAILED:
-        raise _refuse(["dataset_id"], f"dataset_id: dataset {dataset_id} failed to prepare: "
-                                      f"{(row.error or {}).get('message')}")
+    if row.status in (DatasetStatus.FAILED, DatasetStatus.EXPIRED):
+        what = "failed to prepare" if row.status == DatasetStatus.FAILED else "expired"
+        raise _refuse(["dataset_id"], f"dataset_id: dataset {dataset_id} {what}: {(row.error or {}).get('message')}")
     if row.status != DatasetStatus.READY:
         raise _refuse(["dataset_id"], f"dataset_id: dataset {dataset_id} is {row.status}; submit once it is "
                                       f"ready (GET /v1/datasets/{dataset_id})")

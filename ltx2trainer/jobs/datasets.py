@@ -29,7 +29,8 @@ class DatasetStatus:
     PREPARING = "preparing"
     READY = "ready"
     FAILED = "failed"
-    ALL = (QUEUED, PREPARING, READY, FAILED)
+    EXPIRED = "expired"  # unused past the retention setting: its files are gone, its entry says when and why
+    ALL = (QUEUED, PREPARING, READY, FAILED, EXPIRED)
 
 
 class DatasetRow(Base):
@@ -194,6 +195,29 @@ def trainings_of(db: Database, dataset_id: str, owner: str, limit: int = 200) ->
         for row in rows:
             session.expunge(row)
         return rows
+
+
+def unused_datasets(db: Database, older_than: dt.timedelta) -> list[DatasetRow]:
+    """Ready and failed datasets that no training has used (nor anyone created) for `older_than`, and that no
+    queued or running training uses."""
+    cutoff = utcnow() - older_than
+    with db.session() as session:
+        rows = list(session.scalars(select(DatasetRow).where(
+            DatasetRow.status.in_((DatasetStatus.READY, DatasetStatus.FAILED)),
+            DatasetRow.created_at < cutoff,
+            (DatasetRow.last_used_at.is_(None)) | (DatasetRow.last_used_at < cutoff))))
+        for row in rows:
+            session.expunge(row)
+    return [row for row in rows if not trainings_using(db, row.id, row.owner)]
+
+
+def mark_expired(db: Database, dataset_id: str, days: float) -> None:
+    with db.session() as session:
+        row = session.get(DatasetRow, dataset_id)
+        if row is not None:
+            row.status, row.files, row.encoded = DatasetStatus.EXPIRED, None, {}
+            row.error = {"type": "expired", "message": f"removed on {utcnow().date().isoformat()} after {days:g} "
+                                                       "days without a training; create it again to train on it"}
 
 
 def delete_dataset_row(db: Database, dataset_id: str) -> None:

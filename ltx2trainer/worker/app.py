@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_SWEEP_S = 1.0
 REAP_EVERY_S = 5.0
+EXPIRE_EVERY_REAPS = 60  # the retention sweep: every 5 minutes
 LOST_AFTER_S = 30.0  # a queued job is looked for in the broker once it is this old (or this long republished)
 
 
@@ -93,6 +94,8 @@ class Maintenance(threading.Thread):
                     reap_dead_workers(services)
                     sweep_lost_jobs(services)
                     sweep_stale_preparations(services)
+                if tick % (ticks_per_reap * EXPIRE_EVERY_REAPS) == 0:
+                    expire_unused_datasets(services)
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
                 log.exception("maintenance tick failed")
             if self.worker_name and time.monotonic() - last_seen >= SEEN_EVERY_S:
@@ -162,6 +165,26 @@ def sweep_stale_preparations(services: Services) -> list[str]:
             log.warning("could not queue dataset %s again (%s)", dataset_id, exc)
             break
     return stale
+
+
+def expire_unused_datasets(services: Services) -> list[str]:
+    """With `dataset_retention_days` set, remove the stored files of datasets no training has used for that
+    long; their entries stay as `expired` with the reason, so their owner sees what happened."""
+    import datetime as dt
+
+    from ltx2trainer.jobs.datasets import mark_expired, unused_datasets
+    from ltx2trainer.storage import dataset_prefix
+
+    days = services.settings.dataset_retention_days
+    if not days:
+        return []
+    expired = []
+    for row in unused_datasets(services.db, dt.timedelta(days=days)):
+        services.storage.delete_prefix(dataset_prefix(row.owner, row.id))
+        mark_expired(services.db, row.id, days)
+        expired.append(row.id)
+        log.info("dataset %s of %s expired: unused for %g days, its stored files are removed", row.id, row.owner, days)
+    return expired
 
 
 def announce_model(settings: Settings) -> ServedModel:
