@@ -86,7 +86,8 @@ def list_all(principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDe
 def get(dataset_id: str, principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep) -> dict[str, Any]:
     row = _owned(services, dataset_id, principal)
     body = render_dataset(row, services, base_url, detail=True)
-    body["trainings"] = [{"id": job.id, "status": job.status, "created_at": job.created_at.isoformat()}
+    body["trainings"] = [{"id": job.id, "status": job.status, "created_at": job.created_at.isoformat(),
+                          "sweep_id": (job.metadata_ or {}).get("sweep_id")}
                          for job in trainings_of(services.db, dataset_id, principal.owner)]
     return body
 

@@ -134,6 +134,7 @@ pages = APIRouter(include_in_schema=False)
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text(encoding="utf-8")
 TRAINING_HTML = (Path(__file__).parent / "static" / "training.html").read_text(encoding="utf-8")
 DATASET_HTML = (Path(__file__).parent / "static" / "dataset.html").read_text(encoding="utf-8")
+SWEEP_HTML = (Path(__file__).parent / "static" / "sweep.html").read_text(encoding="utf-8")
 
 
 @pages.get("/dashboard")
@@ -154,3 +155,10 @@ def dataset_page(dataset_id: str) -> HTMLResponse:  # the page reads the id from
     """One dataset's page: status, fields, the preparation report (skipped clips, warnings, audio), the contact
     sheet, each sample's clip and the trainings on it. Signs in like the dashboard and reads /v1/datasets/{id}."""
     return HTMLResponse(DATASET_HTML, headers={"Cache-Control": "no-store"})
+
+
+@pages.get("/dashboard/sweeps/{sweep_id}")
+def sweep_page(sweep_id: str) -> HTMLResponse:  # the page reads the id from its own path
+    """One sweep's page: its trainings side by side (swept values, status, cost, final and held-out loss), the best
+    one marked, a loss matrix for a two-field grid. Signs in like the dashboard and reads /v1/sweeps/{id}."""
+    return HTMLResponse(SWEEP_HTML, headers={"Cache-Control": "no-store"})
