@@ -63,13 +63,20 @@ def test_a_job_runs_on_postgresql_redis_and_s3(tmp_path, postgres_url, redis_url
                 .list_objects_v2(Bucket="outputs", Prefix="ltx2/jobs/")["Contents"]]
         outputs = [key for key in keys if f"/{job['id']}/" in key]
         uploads = [key for key in keys if "/uploads/" in key]  # the data: URL, stored once at submit
-        assert sorted(outputs + uploads) == sorted(keys) and len(uploads) == 1
+        dataset_id = job["output"]["metrics"]["dataset_id"]  # its data, kept as a dataset for the next training
+        datasets = [key for key in keys if f"/datasets/{dataset_id}/" in key]
+        assert sorted(outputs + uploads + datasets) == sorted(keys) and len(uploads) == 1
         assert uploads[0].rsplit("/", 1)[1] in job["input"]["training_data_url"]
         names = sorted(key.split(f"/{job['id']}/", 1)[1] for key in outputs)
         steps = job["input"]["number_of_steps"]  # checkpoints every quarter by default, the last is the output
         checkpoints = [f"checkpoints/step_{step:06d}/{name}" for step in range(steps // 4, steps, steps // 4)
-                       for name in ("lora.safetensors", "lora_comfyui.safetensors")]
-        assert names == sorted(["config.json", "lora.safetensors", "lora_comfyui.safetensors", *checkpoints])
+                       for name in ("config.json", "lora.safetensors", "lora_comfyui.safetensors")]
+        assert names == sorted(["config.json", "lora.safetensors", "lora_comfyui.safetensors",
+                                "prepared/prepared_data.zip", *checkpoints])
+        kept = sorted(key.split(f"/datasets/{dataset_id}/", 1)[1] for key in datasets)
+        assert "contact_sheet.png" in kept and "prepared.zip" in kept
+        assert len([name for name in kept if name.startswith("encoded/encoded-")]) == 1  # this model's latents
+        assert len([name for name in kept if name.startswith("samples/")]) == job["output"]["metrics"]["samples"]
 
         # the worker said at start-up what it serves, and /health shows it under its Celery node name
         assert '"message": "serving ltx-2 2.0 (preset: tiny)"' in service.worker_log.read_text()
