@@ -135,6 +135,20 @@ DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text
 TRAINING_HTML = (Path(__file__).parent / "static" / "training.html").read_text(encoding="utf-8")
 DATASET_HTML = (Path(__file__).parent / "static" / "dataset.html").read_text(encoding="utf-8")
 SWEEP_HTML = (Path(__file__).parent / "static" / "sweep.html").read_text(encoding="utf-8")
+COMMON_CSS = (Path(__file__).parent / "static" / "common.css").read_text(encoding="utf-8")  # the pages' shared styles
+COMMON_JS = (Path(__file__).parent / "static" / "common.js").read_text(encoding="utf-8")  # and sign-in, fetch, formats
+
+
+@pages.get("/dashboard/static/common.css")
+def common_css() -> Response:
+    """The styles every dashboard page shares (each page links it before its own)."""
+    return Response(COMMON_CSS, media_type="text/css", headers={"Cache-Control": "no-store"})
+
+
+@pages.get("/dashboard/static/common.js")
+def common_js() -> Response:
+    """The script every dashboard page shares: the API key and sign-in, fetch with the key, escaping, formats."""
+    return Response(COMMON_JS, media_type="application/javascript", headers={"Cache-Control": "no-store"})
 
 
 @pages.get("/dashboard")
