@@ -138,7 +138,7 @@ def _prepare(run: _PrepareRun) -> list[ManifestRow]:
         )
     if not found.media:
         raise UserInputError(
-            "no videos (.mp4 .mov .avi .mkv) or images (.png .jpg .jpeg) found in the training data"
+            "no videos (.mp4 .mov .avi .mkv .webm .m4v) or images (.png .jpg .jpeg) found in the training data"
             + _ignored_hint(report),
             code="no_media",
         )
