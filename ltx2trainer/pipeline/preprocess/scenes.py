@@ -31,6 +31,9 @@ class _SmallFrames(VideoStreamAv):
 
     def __init__(self, path: Path) -> None:
         super().__init__(str(path), threading_mode="AUTO")
+        # Skip the H.264/HEVC deblocking filter (about 15% of decoding): it smooths 8-pixel block edges, which
+        # the ~5x area downscale averages away anyway. The decoder opens on the first read, with these options.
+        self._codec_context.options = {**self._codec_context.options, "skip_loop_filter": "all"}
         width, height = super().frame_size
         factor = compute_downscale_factor(width)
         self.small_size = (max(1, round(width / factor)), max(1, round(height / factor)))
