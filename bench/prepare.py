@@ -5,8 +5,10 @@
 Generates a synthetic dataset with the ffmpeg CLI (not timed), then measures, on this machine:
 prepare's wall time with and without scene splitting, the same fit done by one ffmpeg process per clip,
 PySceneDetect's CLI against our `detect_scenes`, prepare's peak resident memory (its whole process tree),
-and a 10-minute 720p video. Prints a plain-text report and writes it as JSON to OUT/bench_prepare.json.
-Each prepare run happens in a child process so that its memory can be measured from outside.
+and a 10-minute 720p video. Checks that prepare's outputs match the CLI's (size, frame count, audio) and
+that every cut lies within one frame of the scenedetect CLI's. Prints a plain-text report and writes it as
+JSON to OUT/bench_prepare.json. Each prepare run happens in a child process so that its memory can be
+measured from outside.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import av
+import numpy as np
 import psutil
+import soundfile
 
 from ltx2trainer.pipeline.preprocess import PrepareOptions, Progress, prepare_dataset
 from ltx2trainer.pipeline.preprocess.audio import AUDIO_SAMPLE_RATE_HZ
@@ -45,6 +50,9 @@ LONG_VIDEO_SIZE_PX = (1280, 720)
 TEN_MINUTE_VIDEO_S = 600
 RSS_POLL_INTERVAL_S = 0.05
 RSS_TARGET_MB = 1536
+PREPARE_RATIO_TARGET = 0.5  # prepare's wall time over the ffmpeg CLI's
+SCENES_RATIO_TARGET = 0.5  # our scene detection's wall time over the scenedetect CLI's
+AUDIO_TOLERANCE = 1e-3  # largest sample difference between prepare's WAV and the CLI's, at the same peak
 MB = 1024 * 1024
 SCENEDETECT_CLI = Path(sys.executable).with_name("scenedetect")
 STAGES = ("probing", "detecting scenes", "fitting")
@@ -282,7 +290,7 @@ def compare_scene_detection(videos: list[Path], work_dir: Path, repeat: int) -> 
     """Sequential per-video times of ours and of the CLI (best of `repeat`), our 2-process pool time,
     the CLI's bare start-up time, and whether the scene starts agree with the generated cuts."""
     expected = [round(i * SCENE_LENGTH_S, 3) for i in range(SCENE_COUNT)]
-    ours_s, cli_s, ours_starts, cli_starts = {}, {}, {}, {}
+    ours_s, cli_s, ours_starts, cli_starts, frame_s = {}, {}, {}, {}, {}
     for video in videos:
         ours_runs, cli_runs = [], []
         for _ in range(repeat):
@@ -294,6 +302,8 @@ def compare_scene_detection(videos: list[Path], work_dir: Path, repeat: int) -> 
         ours_s[video.name], cli_s[video.name] = min(ours_runs), min(cli_runs)
         ours_starts[video.name] = [round(s, 3) for s, _ in scenes]
         cli_starts[video.name] = [round(s, 3) for s in starts]
+        with av.open(str(video)) as container:
+            frame_s[video.name] = 1 / float(container.streams.video[0].average_rate)
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=len(videos)) as pool:
         list(pool.map(detect_scenes, videos))
@@ -307,7 +317,50 @@ def compare_scene_detection(videos: list[Path], work_dir: Path, repeat: int) -> 
         "cli_startup_s": cli_startup_s, "expected_starts_s": expected,
         "ours_starts_s": ours_starts, "cli_starts_s": cli_starts,
         "cuts_match": all(ours_starts[v.name] == cli_starts[v.name] == expected for v in videos),
+        "cuts_within_a_frame": all(
+            len(ours_starts[v.name]) == len(cli_starts[v.name]) == len(expected)
+            and all(abs(a - b) <= frame_s[v.name] + 1e-6 for a, b in zip(ours_starts[v.name], cli_starts[v.name]))
+            for v in videos),
     }
+
+
+# ------------------------------------------------------------------------------------ output checks
+
+
+def video_shape(path: Path) -> tuple[int, int, int]:
+    """(width, height, decoded frame count) of a video file."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return frames[0].width, frames[0].height, len(frames)
+
+
+def compare_outputs(prepared: Path, cli_dir: Path) -> dict:
+    """prepare's samples against the CLI's files of the same sources: size and frame count of each video,
+    and each WAV's channels, rate and length, and its samples once both are at the same peak (prepare
+    normalises the peak; the CLI does not)."""
+    videos_differ, audio_differ, audio_compared, worst = [], [], 0, 0.0
+    for line in (prepared / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        stem = Path(row["source"]).stem
+        ours, theirs = video_shape(prepared / row["media"]), video_shape(cli_dir / f"{stem}.mp4")
+        if ours != theirs or ours != (OPTIONS.width, OPTIONS.height, OPTIONS.number_of_frames):
+            videos_differ.append(f"{stem}: ours {ours}, CLI {theirs}")
+        if row["audio"] is None:
+            continue
+        a, rate_a = soundfile.read(prepared / row["audio"], dtype="float64", always_2d=True)
+        b, rate_b = soundfile.read(cli_dir / f"{stem}.wav", dtype="float64", always_2d=True)
+        audio_compared += 1
+        if a.shape != b.shape or rate_a != rate_b:
+            audio_differ.append(f"{stem}: ours {a.shape} at {rate_a} Hz, CLI {b.shape} at {rate_b} Hz")
+            continue
+        peak_a, peak_b = np.abs(a).max(), np.abs(b).max()
+        deviation = float(np.abs(a / peak_a - b / peak_b).max()) if peak_a and peak_b else float(peak_a != peak_b)
+        worst = max(worst, deviation)
+        if deviation > AUDIO_TOLERANCE:
+            audio_differ.append(f"{stem}: samples differ by up to {deviation:.2g}")
+    return {"videos_match": not videos_differ, "videos_differ": videos_differ,
+            "audio_match": not audio_differ, "audio_differ": audio_differ, "audio_compared": audio_compared,
+            "audio_max_deviation": worst}
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -342,11 +395,15 @@ def measure_short_dataset(data_dir: Path, audio_dir: Path, runs: Path, repeat: i
         run["audio_prepare"] = measure_prepare(audio_dir, runs / "prepare_audio", no_split)
         run["audio_ffmpeg_cli_s"] = time_ffmpeg_cli(audio_videos, runs / "ffmpeg_cli_audio", True)
         rounds.append(run)
+    # The last round's outputs: videos of the like-for-like run, videos and WAVs of the audio subset.
+    checks = {"all": compare_outputs(runs / "prepare_no_split", runs / "ffmpeg_cli"),
+              "audio": compare_outputs(runs / "prepare_audio", runs / "ffmpeg_cli_audio")}
     merged = {key: fastest([r[key] for r in rounds]) for key in PREPARE_RUNS}
     merged.update({key: min(r[key] for r in rounds) for key in CLI_RUNS})
     merged["rounds_s"] = {key: [round(r[key]["wall_s"] if key in PREPARE_RUNS else r[key], 2) for r in rounds]
                           for key in (*PREPARE_RUNS, *CLI_RUNS)}
     merged["audio_videos"] = len(audio_videos)
+    merged["output_checks"] = checks
     return merged
 
 
@@ -361,8 +418,15 @@ def summary_lines(results: dict) -> list[str]:
     if scenes["cuts_match"]:
         starts = "/".join(f"{start:g}" for start in scenes["expected_starts_s"])
         cuts = f"both find {len(scenes['expected_starts_s'])} scenes at {starts} s in each video"
+    elif scenes["cuts_within_a_frame"]:
+        cuts = f"within one frame of the CLI's: ours {scenes['ours_starts_s']}, CLI {scenes['cli_starts_s']}"
     else:
         cuts = f"DIFFER: ours {scenes['ours_starts_s']}, CLI {scenes['cli_starts_s']}"
+    checks = short["output_checks"]
+    videos_checked = "same" if checks["all"]["videos_match"] and checks["audio"]["videos_match"] else \
+        f"DIFFER {checks['all']['videos_differ'] + checks['audio']['videos_differ']}"
+    audio_checked = (f"same length, channels and rate, samples within {checks['audio']['audio_max_deviation']:.1g} "
+                     "at equal peak" if checks["audio"]["audio_match"] else f"DIFFER {checks['audio']['audio_differ']}")
     peak_tree = max(run["peak_rss_tree_mb"] for run in (split, no_split, audio))
     peak_process = max(run["peak_rss_process_mb"] for run in (split, no_split, audio))
     lines = [
@@ -372,12 +436,15 @@ def summary_lines(results: dict) -> list[str]:
         f"prepare (no split, like-for-like)   {no_split['wall_s']:6.1f} s   {no_split['samples']} samples "
         f"(rounds {rounds} s); {audio_note}",
         f"ffmpeg CLI, one process per clip    {ffmpeg_s:6.1f} s   ratio {no_split['wall_s'] / ffmpeg_s:.2f} "
-        "(target <= 1.0)" + ("" if no_split["audio"]["enabled"] else "   [video only, like prepare's output]"),
+        f"(target <= {PREPARE_RATIO_TARGET})"
+        + ("" if no_split["audio"]["enabled"] else "   [video only, like prepare's output]"),
         f"  same, plus a WAV per clip with audio {short['ffmpeg_cli_all_wav_s']:.1f} s",
         f"audio subset ({short['audio_videos']} videos, mp4 + wav): prepare {audio['wall_s']:.1f} s, "
         f"ffmpeg CLI {audio_ffmpeg_s:.1f} s   ratio {audio['wall_s'] / audio_ffmpeg_s:.2f}",
+        f"outputs against the CLI's: videos (size, frames) {videos_checked}; "
+        f"audio ({checks['audio']['audio_compared']} WAVs) {audio_checked}",
         f"scene detection: ours {ours_s:.1f} s, scenedetect CLI {cli_s:.1f} s   ratio {ours_s / cli_s:.2f} "
-        "(target <= 1.0)",
+        f"(target <= {SCENES_RATIO_TARGET})",
         f"  both videos at once: our pool of 2 {scenes['ours_pool_s']:.1f} s, prepare's stage "
         f"{split['stages_s'].get('detecting scenes', float('nan')):.1f} s; "
         f"CLI start-up {scenes['cli_startup_s']:.1f} s a run",

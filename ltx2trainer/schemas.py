@@ -192,7 +192,7 @@ class TrainingInput(StrictModel):
 
     training_data_url: str = Field(
         ...,
-        description="URL of a zip of videos (.mp4 .mov .avi .mkv) or images (.png .jpg .jpeg), "
+        description="URL of a zip of videos (.mp4 .mov .avi .mkv .webm .m4v) or images (.png .jpg .jpeg), "
         "with optional same-name .txt captions. http(s) or data: URL.",
     )
     rank: Literal[8, 16, 32, 64, 128] = Field(32, description="LoRA rank (alpha equals rank).")

@@ -31,8 +31,12 @@ def make_video(
     volume: float = 0.5,  # peak amplitude of the tone (before any up/downmix)
     video_filter: str | None = None,
     output_args: tuple[str, ...] = (),
+    video_codec: str = "libx264",
+    audio_codec: str | None = None,
 ) -> Path:
-    """A clip from a lavfi source; `tone_hz=None` makes one without an audio track."""
+    """A clip from a lavfi source; `tone_hz=None` makes one without an audio track. The audio codec is
+    chosen for the container unless given (PCM in .mov/.mkv/.avi, Opus in .webm, else AAC); `video_codec`
+    libvpx (VP8) or libvpx-vp9 for WebM."""
     width, height = size
     video = f"{source}=size={width}x{height}:rate={fps}"
     video += f":duration={seconds}" if source in ("testsrc2", "smptebars", "rgbtestsrc", "color") else \
@@ -46,9 +50,12 @@ def make_video(
         args += ["-f", "lavfi", "-i", tone]
     if video_filter:
         args += ["-vf", video_filter]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    args += ["-c:v", video_codec, "-pix_fmt", "yuv420p"]
+    args += ["-preset", "ultrafast"] if video_codec == "libx264" else ["-deadline", "realtime", "-cpu-used", "8"]
     if tone_hz is not None:
-        codec = "pcm_s16le" if path.suffix.lower() in (".mov", ".mkv", ".avi") else "aac"
+        suffix = path.suffix.lower()
+        codec = audio_codec or ("pcm_s16le" if suffix in (".mov", ".mkv", ".avi") else
+                                "libopus" if suffix == ".webm" else "aac")
         args += ["-c:a", codec]
     ffmpeg(*args, *output_args, str(path))
     return path

@@ -42,6 +42,8 @@ class ClipTask:
     with_audio: bool
     out_dir: Path
     options: PrepareOptions
+    # Decoder and encoder threads; None lets FFmpeg use every core (right when this is the only task running).
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ def _make_video_sample(task: ClipTask, media_dir: Path) -> SampleMedia:
     with av.open(str(task.source), metadata_errors="ignore") as container:
         video_stream = container.streams.video[0]
         video_stream.thread_type = "AUTO"
+        if task.threads:
+            video_stream.codec_context.thread_count = task.threads
         audio_stream = container.streams.audio[0] if task.with_audio and container.streams.audio else None
         if task.start_s > 0:
             container.seek(int(task.start_s * av.time_base))  # lands on the keyframe at or before start
@@ -91,6 +95,7 @@ def _make_video_sample(task: ClipTask, media_dir: Path) -> SampleMedia:
             start_s=task.start_s,
             speed=speed,
             rotation=task.rotation,
+            threads=task.threads,
         )
         collector = AudioCollector(audio_stream, task.start_s, window_s) if audio_stream is not None else None
         video_ended = False

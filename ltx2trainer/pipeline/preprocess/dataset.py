@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -51,6 +51,7 @@ from ltx2trainer.pipeline.preprocess.parallel import (
     ProgressCallback,
     make_executor,
     run_parallel,
+    threads_per_task,
 )
 from ltx2trainer.pipeline.preprocess.report import (
     AudioDecision,
@@ -96,8 +97,11 @@ def prepare_dataset(
         report.adjustments = training_input.adjustments
     report.ignored = [IgnoredFile(path=e.path, reason=e.reason) for e in upstream_ignored]
     try:
-        with make_executor(workers) as executor:
-            rows = _prepare(_PrepareRun(source_dir, out_dir, options, report, executor, on_progress, cancel))
+        # Probing opens each file and decodes one frame: threads of this process do it (FFmpeg releases the
+        # GIL), while the worker processes start.
+        with make_executor(workers) as executor, ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+            rows = _prepare(_PrepareRun(source_dir, out_dir, options, report, executor, threads,
+                                        threads_per_task(workers), on_progress, cancel))
     except UserInputError as exc:
         report.error = PrepareError(code=exc.code, message=exc.message)
         write_json_atomically(out_dir / REPORT_NAME, report.as_dict())
@@ -117,13 +121,16 @@ class _PrepareRun:
     options: PrepareOptions
     report: PrepareReport
     executor: Executor
+    threads: Executor  # for light work (probing)
+    task_threads: int | None  # FFmpeg threads per task on `executor`
     on_progress: ProgressCallback | None
     cancel: CancelCheck | None
 
-    def parallel(self, function: Callable[[T], R], items: list[T], stage: str, describe: Callable[[T], str]
-                 ) -> Iterator[tuple[T, R | BaseException]]:
-        """`run_parallel` on this run's executor, progress and cancel check."""
-        return run_parallel(self.executor, function, items, stage, describe, self.on_progress, self.cancel)
+    def parallel(self, function: Callable[[T], R], items: list[T], stage: str, describe: Callable[[T], str],
+                 executor: Executor | None = None) -> Iterator[tuple[T, R | BaseException]]:
+        """`run_parallel` on this run's executor (or `executor`), progress and cancel check."""
+        return run_parallel(executor or self.executor, function, items, stage, describe, self.on_progress,
+                            self.cancel)
 
 
 def _prepare(run: _PrepareRun) -> list[ManifestRow]:
@@ -138,7 +145,7 @@ def _prepare(run: _PrepareRun) -> list[ManifestRow]:
         )
     if not found.media:
         raise UserInputError(
-            "no videos (.mp4 .mov .avi .mkv) or images (.png .jpg .jpeg) found in the training data"
+            "no videos (.mp4 .mov .avi .mkv .webm .m4v) or images (.png .jpg .jpeg) found in the training data"
             + _ignored_hint(report),
             code="no_media",
         )
@@ -146,7 +153,7 @@ def _prepare(run: _PrepareRun) -> list[ManifestRow]:
     # 1. Probe every file's content.
     infos: list[MediaInfo] = []
     probes = [(source_dir, rel) for rel in found.media]
-    for (_, rel), outcome in run.parallel(_probe, probes, "probing", lambda p: p[1]):
+    for (_, rel), outcome in run.parallel(_probe, probes, "probing", lambda p: p[1], run.threads):
         if isinstance(outcome, UnreadableMedia):
             report.skip(rel, None, "unreadable", str(outcome))
         elif isinstance(outcome, BaseException):
@@ -177,7 +184,7 @@ def _prepare(run: _PrepareRun) -> list[ManifestRow]:
     pending: dict[str, tuple[ClipTask, str]] = {}
     for window in windows:
         task = ClipTask(window.sample_id, source_dir / window.info.rel, window.info.kind, window.start_s,
-                        window.end_s, window.info.rotation, audio_on, out_dir, options)
+                        window.end_s, window.info.rotation, audio_on, out_dir, options, run.task_threads)
         stamp = fingerprint([made_with, window.info.rel, task.source.stat().st_size, window.start_s, window.end_s])
         done = _load_finished(state_dir / f"{task.sample_id}.json", stamp, out_dir)
         if done is not None:
@@ -187,7 +194,9 @@ def _prepare(run: _PrepareRun) -> list[ManifestRow]:
             pending[task.sample_id] = (task, stamp)
 
     by_id = {window.sample_id: window for window in windows}
-    tasks = [task for task, _ in pending.values()]
+    # Biggest first, so that the last task to finish is a small one and no core idles long at the end.
+    tasks = sorted((task for task, _ in pending.values()), reverse=True,
+                   key=lambda task: _work_estimate(by_id[task.sample_id], task.source, options))
     for task, outcome in run.parallel(make_sample, tasks, "fitting", lambda t: by_id[t.sample_id].info.rel):
         window = by_id[task.sample_id]
         if isinstance(outcome, ClipTooShort):
@@ -362,6 +371,16 @@ def _row(window: _Window, media: SampleMedia, caption: str, options: PrepareOpti
         audio_sample_rate=AUDIO_SAMPLE_RATE_HZ if media.audio else None,
         audio_peak=media.audio_peak,
     )
+
+
+def _work_estimate(window: _Window, source: Path, options: PrepareOptions) -> float:
+    """Roughly how much work a sample is: the source bytes its window spans. Decoding grows with them, and so
+    does encoding, since detailed pictures take more bytes in the source and more work in the encoder."""
+    info = window.info
+    if info.kind == "image" or not info.duration_s:
+        return float(source.stat().st_size)
+    read_s = (window.end_s - window.start_s) if options.auto_scale_input else options.clip_duration_s
+    return source.stat().st_size * min(1.0, read_s / info.duration_s)
 
 
 def _load_finished(record: Path, stamp: str, out_dir: Path) -> SampleMedia | None:

@@ -17,7 +17,7 @@ import av
 from ltx2trainer.pipeline.extract import JUNK_NAMES, IgnoredEntry
 from ltx2trainer.server_paths import error_reason
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 CAPTION_EXTENSION = ".txt"
 MAX_MEDIA_FILES = 1000
