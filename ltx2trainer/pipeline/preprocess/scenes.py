@@ -30,7 +30,9 @@ class _SmallFrames(VideoStreamAv):
     the frame already downscaled by the CLI's auto-downscale factor."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(str(path), threading_mode="AUTO")
+        # suppress_output: leave FFmpeg's logging as PyAV has it (off); scenedetect would otherwise turn on
+        # FFmpeg's own stderr logging for the whole process, and the worker's later encodes would print.
+        super().__init__(str(path), threading_mode="AUTO", suppress_output=True)
         # Skip the H.264/HEVC deblocking filter (about 15% of decoding): it smooths 8-pixel block edges, which
         # the ~5x area downscale averages away anyway. The decoder opens on the first read, with these options.
         self._codec_context.options = {**self._codec_context.options, "skip_loop_filter": "all"}
