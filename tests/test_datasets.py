@@ -279,3 +279,19 @@ def test_an_unused_dataset_expires_after_the_retention_and_says_so(site: Site):
     refused = site.client.post("/v1/trainings", headers=site.alice, json={**TRAINING, "dataset_id": old["id"]})
     assert refused.status_code == 422 and "expired" in refused.text
     site.services.lifecycle.request_cancel(queued.json()["id"])
+
+
+def test_a_dataset_whose_preparing_worker_died_is_queued_again_and_prepared(site: Site):
+    import datetime as dt
+
+    from ltx2trainer.jobs.datasets import DatasetRow, claim_dataset
+    from ltx2trainer.worker.app import sweep_stale_preparations
+
+    created = _create(site)
+    assert claim_dataset(site.services.db, created["id"], lease_s=60, max_attempts=3) is not None  # then it died
+    assert sweep_stale_preparations(site.services) == []  # its lease still runs: left alone
+    with site.services.db.session() as session:
+        session.get(DatasetRow, created["id"]).lease_expires_at -= dt.timedelta(minutes=5)
+    assert sweep_stale_preparations(site.services) == [created["id"]]
+    assert site.client.get(f"/v1/datasets/{created['id']}", headers=site.alice).json()["status"] == "queued"
+    assert execute_preparation(created["id"], site.services.settings, services=site.services) == "ready"

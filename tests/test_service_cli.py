@@ -46,6 +46,11 @@ def test_submit_without_a_key_says_how_to_get_one(tmp_path):
     assert run.returncode == 2 and "keys create" in run.stderr
 
 
+def test_a_worker_for_an_unknown_queue_is_refused_naming_the_queues(tmp_path):
+    run = run_cli("worker", "--queues", "prepare,gpu", data_dir=tmp_path)
+    assert run.returncode == 2 and "unknown queue(s) gpu" in run.stderr and "trainings" in run.stderr
+
+
 @pytest.mark.slow
 def test_the_demo_runs_the_whole_service_and_downloads_the_outputs(tmp_path):
     run = subprocess.run([*CLI, "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
