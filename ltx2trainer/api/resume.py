@@ -1,16 +1,17 @@
 """Trainings on data prepared before: `resume_from` (a parent's checkpoint) and `dataset_id` (a dataset).
 
-`with_dataset_fields`: a training on a dataset takes the dataset's data URL and dataset fields the same way
-(leave them out, or repeat them unchanged), once the dataset is ready.
+`with_parent_fields`: a training continued from a checkpoint trains on exactly its parent's prepared and
+encoded data with the parent's adapter and held-out samples, so the fields that decide those
+(`schemas.RESUMED_FIELDS`: the data URL, the dataset fields, the rank, holdout_fraction) are the parent's. The
+parent must be the caller's, finished (succeeded or cancelled), and have a checkpoint at the step asked for;
+the worker checks again when the job runs.
 
-`with_parent_fields`, at submission: check the parent checkpoint and take the parent's data and rank.
+`with_dataset_fields`: a training on a dataset takes the dataset's data URL and dataset fields, once the
+dataset is ready.
 
-A training continued from a checkpoint trains on exactly its parent's prepared and encoded data with the
-parent's adapter and held-out samples, so the fields that decide those (`schemas.RESUMED_FIELDS`: the data URL,
-the dataset fields, the rank, holdout_fraction) are the parent's. A request may leave them out (they are filled in here, before validation, so
-the stored input says what was used) or repeat them unchanged; a different value is a 422 naming the field,
-since it could not be honoured. The parent must be the caller's, finished (succeeded or cancelled), and have
-a checkpoint at the step asked for; the worker checks again when the job runs.
+Either way the request may leave those fields out (they are filled in here, before validation, so the stored
+input says what was used) or repeat them unchanged; a different value is a 422 naming the field, since it
+could not be honoured.
 """
 
 from __future__ import annotations
