@@ -361,8 +361,11 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(encoded, tmp_pa
             torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
     assert [i.loss for i in infos_two] == pytest.approx([i.loss for i in infos_one], rel=1e-5)
     assert [i.lr for i in infos_two] == [i.lr for i in infos_one]  # the schedule counts optimizer steps
+    # AdamW divides each update by the root of its running squared gradient, so where a gradient is near zero
+    # the float32 summation-order differences of the two ways (tested above at 1e-7) grow to ~1e-6 in a weight
+    # after three steps (seen once: 1.09e-6 in one of 256 elements); 1e-5 still catches a wrong accumulation.
     for key, value in lora_one.items():
-        torch.testing.assert_close(lora_two[key], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(lora_two[key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_accumulation_changes_the_fingerprint_and_defaults_keep_old_checkpoints_resumable():
