@@ -78,6 +78,21 @@ def rendered(url: str, profile: Path) -> Elements:
     return elements
 
 
+def rendered_media(url: str, profile: Path, *testids: str, attempts: int = 4) -> Elements:
+    """Like `rendered`, for a page whose media elements must have settled (data-ready or data-error set).
+
+    Headless Chromium's virtual-time budget waits for pending fetches but not for the media pipeline, which
+    reads a clip's metadata on its own threads; on a loaded machine the DOM can be dumped before a clip's
+    `loadedmetadata` fires. Such a dump says nothing either way, so it is rendered again: a clip that
+    fails sets data-error and a clip that never loads stays unsettled, and both still fail the caller."""
+    for _ in range(attempts):
+        page = rendered(url, profile)
+        media = [element for testid in testids for element in page.attributes(testid)]
+        if all("data-ready" in element or "data-error" in element for element in media):
+            break
+    return page
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A live gateway with trainings of every kind: succeeded, running, cancelled, failed, queued."""

@@ -26,7 +26,7 @@ from ltx2trainer.worker.prepare_runner import execute_preparation
 from ltx2trainer.worker.runner import execute_job
 from tests.live_service import FAST_JOB, free_port
 from tests.mediagen import make_video, make_zip
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, Elements, chromium, rendered
+from tests.test_dashboard import ARTIFACTS, CHROMIUM, Elements, chromium, rendered, rendered_media
 
 pytestmark = [pytest.mark.slow,  # the module's fixture prepares datasets and runs a 100-step training (~50 s)
               pytest.mark.skipif(CHROMIUM is None or shutil.which("ffmpeg") is None,
@@ -153,7 +153,8 @@ def test_a_ready_dataset_shows_its_fields_report_and_trainings(site):
 def test_the_contact_sheet_and_the_sample_clips_load_in_the_browser(site):
     dataset_id = site["datasets"]["ready"]
     api = site["api"].get(f"/v1/datasets/{dataset_id}").json()
-    page = rendered(f"{site['page'](dataset_id)}#key={site['alice']}", site["profile"])
+    page = rendered_media(f"{site['page'](dataset_id)}#key={site['alice']}", site["profile"], "contact-sheet",
+                          "sample-video")
     [sheet] = page.attributes("contact-sheet")
     assert (sheet.get("data-ready"), sheet.get("data-error")) == ("true", None), sheet
     assert int(sheet["data-natural-width"]) > 0 and int(sheet["data-natural-height"]) > 0

@@ -28,7 +28,7 @@ from ltx2trainer.settings import Settings
 from ltx2trainer.storage import job_prefix
 from ltx2trainer.wiring import Services
 from tests.live_service import free_port
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, chromium, rendered
+from tests.test_dashboard import ARTIFACTS, CHROMIUM, chromium, rendered, rendered_media
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None or shutil.which("ffmpeg") is None,
                                 reason="scripts/setup.sh installs ffmpeg, scripts/test.sh Debian's chromium")
@@ -209,7 +209,8 @@ def test_a_finished_training_shows_status_cost_input_curve_and_checkpoints(site)
 def test_the_checkpoint_clips_load_in_the_browser(site):
     """The clips are real H.264 mp4s (ffmpeg's, and the output's from the pipeline's PyAV writer): Chromium reads
     their metadata (duration 1 s) from the signed URLs."""
-    page = rendered(f"{site['page'](site['jobs']['succeeded'])}#key={site['alice']}", site["profile"])
+    page = rendered_media(f"{site['page'](site['jobs']['succeeded'])}#key={site['alice']}", site["profile"],
+                          "checkpoint-video")
     videos = {int(v["data-step"]): v for v in page.attributes("checkpoint-video")}
     assert set(videos) == {*CLIPS, STEPS}
     for step, video in videos.items():
