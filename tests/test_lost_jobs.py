@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from ltx2trainer.jobs.models import JobRow
 from ltx2trainer.settings import Settings
 from ltx2trainer.wiring import Services
-from ltx2trainer.worker.app import reap_dead_workers, sweep_lost_jobs
+from ltx2trainer.worker.app import reap_dead_workers, sweep_lost_jobs, sweep_lost_preparations
 
 INPUT = {"training_data_url": "https://example.com/a.zip", "number_of_steps": 100}
 
@@ -104,3 +104,74 @@ def test_the_sweeper_waits_quietly_while_the_broker_is_down(tmp_path, caplog):
     age(services)
     assert sweep_lost_jobs(services) == []  # no exception out of the maintenance tick
     assert "cannot read the job queue" in caplog.text
+
+
+def age_datasets(services: Services, seconds: float = 120) -> None:
+    """As if every dataset had been put on the prepare queue `seconds` ago."""
+    from ltx2trainer.jobs.datasets import DatasetRow
+
+    with services.db.session() as session:
+        for row in session.scalars(select(DatasetRow)):
+            row.queued_at = row.queued_at - dt.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_queued_datasets_lost_by_the_broker_are_prepared_again_once(tmp_path, database_url, redis_url, broker):
+    from ltx2trainer.jobs.datasets import claim_dataset, create_dataset
+
+    url = redis_url if broker == "redis" else "filesystem://localhost/"
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=url)
+    services, other_worker = Services(settings), Services(settings)
+    datasets = [create_dataset(services.db, "alice", {"training_data_url": "https://example.com/a.zip"}, []).id
+                for _ in range(2)]
+    for dataset_id in datasets:
+        services.queue.enqueue_preparation(dataset_id)
+    job = submit(services)  # a training's message on the same broker is not taken for a dataset's
+    age_datasets(services)
+    assert sweep_lost_preparations(services) == []  # every message is still there
+    assert services.queue.pending_preparation_ids() == set(datasets)
+    assert services.queue.pending_job_ids() == {job}
+
+    if broker == "redis":
+        redis.Redis.from_url(url).flushdb()
+    else:
+        for message in (tmp_path / "data" / "broker" / "queue").glob("*.msg"):
+            message.unlink()
+    first, second = sweep_lost_preparations(services), sweep_lost_preparations(other_worker)
+    assert sorted(first + second) == sorted(datasets)  # each exactly once
+    assert services.queue.pending_preparation_ids() == set(datasets)
+    assert services.queue.pending_job_ids() == set()  # the training is the other sweeper's
+    assert sweep_lost_preparations(services) == []  # sent again just now: left alone until it is old again
+    for dataset_id in datasets:  # a worker takes each message: each dataset is prepared once
+        assert claim_dataset(services.db, dataset_id, lease_s=60, max_attempts=3) is not None
+        assert claim_dataset(services.db, dataset_id, lease_s=60, max_attempts=3) is None
+    age_datasets(services)
+    assert sweep_lost_preparations(services) == []  # preparing: not queued any more
+
+
+def test_a_dataset_created_while_the_broker_is_down_is_accepted_and_queued_once_it_answers(
+        tmp_path, database_url, redis_url, caplog):
+    from fastapi.testclient import TestClient
+
+    from ltx2trainer.api import create_app
+    from ltx2trainer.jobs.keys import create_key
+    from tests.live_service import free_port
+
+    down = Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    broker_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    gateway = Services(down)
+    token = create_key(gateway.db, "alice").token
+    with TestClient(create_app(down, services=gateway)) as client:
+        response = client.post("/v1/datasets", json={"training_data_url": "https://example.com/a.zip"},
+                               headers={"Authorization": f"Key {token}"})
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["status"] == "queued"
+    assert f"could not queue dataset {dataset['id']} now" in caplog.text
+
+    assert sweep_lost_preparations(gateway) == []  # the broker is still down: nothing raised, nothing sent
+    worker = Services(Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=redis_url))
+    assert sweep_lost_preparations(worker) == []  # too young: it may still be on its way to the broker
+    age_datasets(worker)
+    assert sweep_lost_preparations(worker) == [dataset["id"]]
+    assert worker.queue.pending_preparation_ids() == {dataset["id"]}

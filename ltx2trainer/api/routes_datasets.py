@@ -7,6 +7,7 @@ a 404, as for trainings; a dataset used by a queued or running training cannot b
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -26,6 +27,8 @@ from ltx2trainer.jobs.datasets import (
 from ltx2trainer.schemas import DATASET_FIELDS
 from ltx2trainer.storage import dataset_prefix, render_refs
 from ltx2trainer.uploads import displayed_input
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 DATASET_INPUT_FIELDS = ("training_data_url", *DATASET_FIELDS)
@@ -69,8 +72,11 @@ def create(principal: PrincipalDep, services: ServicesDep, base_url: BaseUrlDep,
                          [a.model_dump(mode="json") for a in training_input.adjustments])
     try:
         services.queue.enqueue_preparation(row.id)
-    except Exception:  # noqa: BLE001 - the broker is down: the maintenance thread queues it once it answers
-        pass
+    except Exception as exc:  # noqa: BLE001 - the broker is down: the dataset is safe in the database, queued
+        # The workers' sweeper publishes a queued dataset the broker does not hold once it answers again
+        # (worker/app.sweep_lost_preparations), so the caller gets its dataset rather than a 5xx.
+        log.warning("could not queue dataset %s now (%s: %s); the sweeper will once the broker answers",
+                    row.id, type(exc).__name__, exc)
     return render_dataset(row, services, base_url)
 
 

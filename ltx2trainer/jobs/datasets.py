@@ -8,7 +8,8 @@ version (`encoded/<cache folder>.zip`), written by the first training on that mo
 
 Preparation runs on the workers' `prepare` queue (`worker/app.py`; CPU workers can serve it alone). A dataset
 whose worker died mid-way stays `preparing` until its lease runs out; the maintenance thread then queues it
-again. (A `queued` dataset whose broker message was lost is not looked for yet, unlike a training.)
+again. A `queued` dataset whose broker message was lost (or never sent: the broker was down when it was
+created) is published again by the same thread, as a training is (`queued_at` says when it was last sent).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class DatasetRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # when it was last put on the prepare queue: the lost-message sweep leaves younger ones alone
+    queued_at: Mapped[dt.datetime | None] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
@@ -173,25 +176,46 @@ def requeue_stale_preparations(db: Database) -> list[str]:
         stale = list(session.scalars(select(DatasetRow).where(
             DatasetRow.status == DatasetStatus.PREPARING, DatasetRow.lease_expires_at < utcnow())
             .with_for_update(skip_locked=True)))
+        now = utcnow()
         for row in stale:
-            row.status, row.lease_expires_at = DatasetStatus.QUEUED, None
+            row.status, row.lease_expires_at, row.queued_at = DatasetStatus.QUEUED, None, now
         return [row.id for row in stale]
+
+
+def queued_before(db: Database, moment: dt.datetime) -> list[str]:
+    """Queued datasets last put on the queue before `moment`, oldest first."""
+    with db.session() as session:
+        return list(session.scalars(select(DatasetRow.id).where(
+            DatasetRow.status == DatasetStatus.QUEUED, DatasetRow.queued_at < moment)
+            .order_by(DatasetRow.created_at)))
+
+
+def republish(db: Database, dataset_id: str, queued_before: dt.datetime) -> bool:
+    """Claim the right to put a queued dataset on the queue again (its message was lost): True for exactly one
+    caller, and only while it is still queued and was not (re)sent after `queued_before`."""
+    with db.session() as session:
+        return session.execute(
+            update(DatasetRow)
+            .where(DatasetRow.id == dataset_id, DatasetRow.status == DatasetStatus.QUEUED,
+                   DatasetRow.queued_at < queued_before)
+            .values(queued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount == 1
 
 
 def trainings_using(db: Database, dataset_id: str, owner: str) -> list[str]:
     """The owner's queued or running trainings on this dataset (a dataset in use cannot be deleted)."""
     with db.session() as session:
-        rows = session.execute(select(JobRow.id, JobRow.input).where(
-            JobRow.owner == owner, JobRow.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))).all()
-    return [job_id for job_id, stored in rows if (stored or {}).get("dataset_id") == dataset_id]
+        return list(session.scalars(select(JobRow.id).where(
+            JobRow.owner == owner, JobRow.dataset_id == dataset_id,
+            JobRow.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))).order_by(JobRow.created_at)))
 
 
 def trainings_of(db: Database, dataset_id: str, owner: str, limit: int = 200) -> list[JobRow]:
     """The owner's trainings on this dataset, newest first."""
     with db.session() as session:
-        rows = [row for row in session.scalars(select(JobRow).where(JobRow.owner == owner)
-                                               .order_by(JobRow.created_at.desc()).limit(2000))
-                if (row.input or {}).get("dataset_id") == dataset_id][:limit]
+        rows = list(session.scalars(select(JobRow).where(JobRow.owner == owner, JobRow.dataset_id == dataset_id)
+                                    .order_by(JobRow.created_at.desc()).limit(limit)))
         for row in rows:
             session.expunge(row)
         return rows

@@ -97,6 +97,7 @@ class Lifecycle:
                 return self._replay(existing, body_hash)
         job = JobRow(
             id=str(uuid.uuid4()), owner=owner, status=JobStatus.QUEUED, input=training_input,
+            dataset_id=training_input.get("dataset_id"),
             adjustments=adjustments or [], app_id=app_id, webhook_url=webhook_url, fal_webhook=fal_webhook,
             metadata_=metadata, idempotency_key=idempotency_key or None, request_hash=body_hash, usage=usage,
             public_base_url=public_base_url, api_key_id=api_key_id,

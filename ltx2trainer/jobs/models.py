@@ -38,6 +38,7 @@ class JobRow(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status_updated", "status", "updated_at"),  # the lost-job sweep (worker/app.py)
+        Index("ix_jobs_owner_dataset", "owner", "dataset_id"),  # a dataset's trainings (jobs/datasets.py)
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -47,6 +48,9 @@ class JobRow(Base):
     phase: Mapped[str | None] = mapped_column(String(16), default=None)
     app_id: Mapped[str | None] = mapped_column(String(128), default=None)  # set when submitted via the fal facade
     input: Mapped[dict[str, Any]]
+    # the input's `dataset_id` (a training on a prepared dataset), as a column so a dataset's trainings are one
+    # indexed query; set from the input when the job is created
+    dataset_id: Mapped[str | None] = mapped_column(String(64), default=None)
     adjustments: Mapped[list[Any]] = mapped_column(default=list)
     progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     output: Mapped[dict[str, Any] | None] = mapped_column(default=None)

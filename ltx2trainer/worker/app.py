@@ -94,6 +94,7 @@ class Maintenance(threading.Thread):
                     reap_dead_workers(services)
                     sweep_lost_jobs(services)
                     sweep_stale_preparations(services)
+                    sweep_lost_preparations(services)
                 if tick % (ticks_per_reap * EXPIRE_EVERY_REAPS) == 0:
                     expire_unused_datasets(services)
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
@@ -165,6 +166,31 @@ def sweep_stale_preparations(services: Services) -> list[str]:
             log.warning("could not queue dataset %s again (%s)", dataset_id, exc)
             break
     return stale
+
+
+def sweep_lost_preparations(services: Services, *, grace_s: float = LOST_AFTER_S) -> list[str]:
+    """Put again on the prepare queue the queued datasets the broker does not hold (a lost message, or one never
+    sent because the broker was down when the dataset was created). Once each, as `sweep_lost_jobs` does:
+    `datasets.republish` lets one sweeper win a dataset, and claiming makes a duplicate message harmless."""
+    from ltx2trainer.jobs.datasets import queued_before, republish
+
+    try:
+        pending = services.queue.pending_preparation_ids()
+    except Exception as exc:  # noqa: BLE001 - the broker is down: nothing to compare with until it answers
+        log.warning("cannot read the prepare queue to look for lost datasets (%s: %s); trying again on the next "
+                    "tick", type(exc).__name__, exc)
+        return []
+    if pending is None:
+        return []
+    cutoff = utcnow() - dt.timedelta(seconds=grace_s)  # younger ones may still be on their way to the broker
+    republished = []
+    for dataset_id in queued_before(services.db, cutoff):
+        if dataset_id in pending or not republish(services.db, dataset_id, cutoff):
+            continue
+        services.queue.enqueue_preparation(dataset_id)
+        republished.append(dataset_id)
+        log.warning("dataset %s: its queue message was lost; published it again", dataset_id)
+    return republished
 
 
 def expire_unused_datasets(services: Services) -> list[str]:
