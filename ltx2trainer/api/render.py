@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ltx2trainer.billing.ledger import estimated_cost, job_estimated_cost
-from ltx2trainer.jobs.models import JobEventRow, JobRow, JobStatus
+from ltx2trainer.jobs.models import JobRow, JobStatus
 from ltx2trainer.schemas import JobError, JobProgress, ProgressReport, TrainingJob
 from ltx2trainer.storage import render_refs
 from ltx2trainer.uploads import displayed_input
@@ -54,16 +54,14 @@ def render_file(ref: dict[str, Any], services: Services, base_url: str) -> dict[
 CHECKPOINT_FILES = ("lora_file", "lora_comfyui_file", "config_file", "video")
 
 
-def render_checkpoints(job: JobRow, events: list[JobEventRow], final: dict[str, Any] | None, services: Services,
-                       base_url: str) -> list[dict[str, Any]]:
-    """The job's published checkpoints, oldest first (one per step, from its `checkpoint` events), then its
+def render_checkpoints(job: JobRow, checkpoints: dict[int, dict[str, Any]], final: dict[str, Any] | None,
+                       services: Services, base_url: str) -> list[dict[str, Any]]:
+    """The job's published checkpoints (by step: `jobs/promotion.checkpoint_events`), oldest first, then its
     own last-step output `final` (`jobs/promotion.final_output`) as the last one (`final: true`) once it has
     one (succeeded; cancelled: the last checkpoint's LoRA). `promoted` marks the checkpoint that was made the
     job's output (`output.promoted_step`); none is when the output is the last step's own. `cost_usd` is what the steps up to the checkpoint cost at the job's fixed unit price; files are Files
     with freshly signed URLs, as in the outputs."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for event in events:
-        by_step.setdefault(int(event.data["step"]), event.data)  # a step is recorded once; the first wins
+    by_step = dict(checkpoints)
     promoted_step = (job.output or {}).get("promoted_step")
     if job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) and final and final.get("lora_file"):
         metrics = final.get("metrics") or {}

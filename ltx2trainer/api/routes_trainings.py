@@ -26,7 +26,7 @@ from ltx2trainer.billing.ledger import check_budget, estimated_cost, initial_usa
 from ltx2trainer.errors import UserInputError
 from ltx2trainer.jobs.lifecycle import CHECKPOINT_EVENT, CancelOutcome, IdempotencyConflict, request_hash
 from ltx2trainer.jobs.models import JobStatus
-from ltx2trainer.jobs.promotion import PromoteOutcome, final_output, promote
+from ltx2trainer.jobs.promotion import PromoteOutcome, checkpoint_events, final_output, promote
 from ltx2trainer.jobs.store import InvalidCursor
 from ltx2trainer.planning.service import gateway_plan, refusal_message
 from ltx2trainer.schemas import OUTPUT_FILES, ProgressReport, TrainingInput, TrainingJob
@@ -261,10 +261,9 @@ def training_file(job_id: str, name: str, principal: PrincipalDep, services: Ser
 def training_checkpoints(job_id: str, principal: PrincipalDep, services: ServicesDep,
                          base_url: BaseUrlDep) -> dict[str, Any]:
     job = _owned_job(services, job_id, principal)
-    events = services.store.events(job_id, kinds=(CHECKPOINT_EVENT,), limit=10_000)
     with services.db.session() as session:
-        final = final_output(session, job)
-    return {"checkpoints": render_checkpoints(job, events, final, services, base_url)}
+        by_step, final = checkpoint_events(session, job_id), final_output(session, job)
+    return {"checkpoints": render_checkpoints(job, by_step, final, services, base_url)}
 
 
 @router.post("/trainings/{job_id}/checkpoints/{step}/promote", response_model=TrainingJob,
