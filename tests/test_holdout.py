@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ltx2trainer.errors import UserInputError
 from ltx2trainer.schemas import TrainingInput
-from ltx2trainer.training.holdout import holdout_count, resolved_fraction, split_holdout
+from ltx2trainer.training.holdout import MEASURED_AT_MOST, holdout_count, resolved_fraction, split_holdout
 from tests.api_harness import DATA_URL
 
 IDS = [f"clip_{i:03d}_scene_0" for i in range(20)]
@@ -57,6 +57,18 @@ def test_how_many_are_held_out(samples, fraction, held_out):
     split = split_holdout([f"sample {i}" for i in range(samples)], fraction)
     assert len(split.held_out) == held_out and len(split.train) == samples - held_out
     assert holdout_count(samples, resolved_fraction(fraction, samples)) == held_out
+
+
+def test_the_held_out_loss_is_measured_on_at_most_32_samples_all_of_them_held_out():
+    """A big dataset's held-out loss must not cost one forward pass per held-out clip at every checkpoint: 32
+    of its 100 held-out samples are measured (the same ones every time), and none of the 100 is trained on."""
+    ids = [f"clip {i}" for i in range(1000)]
+    split = split_holdout(ids, 0.1)
+    assert len(split.held_out) == 100 and len(split.measured) == MEASURED_AT_MOST == 32
+    assert set(split.measured) <= set(split.held_out) and not set(split.held_out) & set(split.train)
+    assert split_holdout(list(reversed(ids)), 0.1).measured == sorted(999 - i for i in split.measured)
+    small = split_holdout(ids[:50], 0.2)
+    assert small.measured == small.held_out  # 10 held out: every one measured
 
 
 def test_holding_out_every_sample_is_a_clear_user_error():

@@ -178,11 +178,12 @@ def run_training(
     # The held-out samples (training/holdout.py: chosen from the sample ids alone) are never given to the
     # training loop; their loss is measured at each published checkpoint and after the last step.
     split = split_holdout([s.id for s in encoded.samples], training_input.holdout_fraction)
-    holdout = data.subset(split.held_out) if split.held_out else None
+    holdout = data.subset(split.measured) if split.measured else None
     data = data.subset(split.train)
     if holdout is not None and main:
-        log.info("holding out %d of %d samples (holdout_fraction %g): the held-out loss is measured on them",
-                 len(split.held_out), len(encoded.samples), split.fraction)
+        log.info("holding out %d of %d samples (holdout_fraction %g): the held-out loss is measured on %s",
+                 len(split.held_out), len(encoded.samples), split.fraction,
+                 "them" if len(split.measured) == len(split.held_out) else f"{len(split.measured)} of them")
 
     validator = None
     # A sharded (FSDP) transformer's forward needs every process, so then every process samples in
