@@ -28,7 +28,6 @@ from ltx2trainer.worker.runner import execute_job
 from tests.live_service import FAST_JOB, tiny_dataset_url
 
 
-
 @dataclass
 class Trained:
     client: TestClient
