@@ -434,6 +434,9 @@ class EarlyStoppingReport(BaseModel):
     best_loss: float | None
     measured: Literal["holdout_loss", "train_loss"]
     patience: int
+    # The last step's adapter diverged (NaN/Inf): the best checkpoint was delivered instead of a failed job,
+    # and there is no last-step LoRA (patience may not have run out: stopped_at_step is the last step then).
+    last_step_diverged: bool = False
 
 
 class TrainingMetrics(BaseModel):

@@ -115,3 +115,87 @@ def test_a_job_that_stops_early_delivers_its_best_checkpoint_and_bills_the_steps
         assert client.get(restored.json()["output"]["lora_file"]["url"]).content == \
             client.get(checkpoints[-1]["files"]["lora_file"]["url"]).content
     services.db.engine.dispose()
+
+
+def _diverging_after_step(monkeypatch, last_good_step: int) -> None:
+    """Make training diverge after `last_good_step`: the checkpoints after it and the last step's adapter hold
+    NaN (as a too-high learning rate leaves them), the earlier checkpoints are the real ones."""
+    import safetensors.torch
+    import torch
+
+    from ltx2trainer.pipeline import train
+
+    real = train.train_lora
+
+    def diverging(*args, on_checkpoint=None, **kwargs):
+        def published(step, checkpoint):
+            if step > last_good_step:
+                state = safetensors.torch.load_file(str(checkpoint.lora_file))
+                safetensors.torch.save_file({k: torch.full_like(v, math.nan) for k, v in state.items()},
+                                            str(checkpoint.lora_file))
+            return on_checkpoint(step, checkpoint)
+
+        trained = real(*args, on_checkpoint=published if on_checkpoint is not None else None, **kwargs)
+        trained.lora_state = {key: torch.full_like(value, math.nan) for key, value in trained.lora_state.items()}
+        return trained
+
+    monkeypatch.setattr(train, "train_lora", diverging)
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_after_its_best_checkpoint_delivers_that_checkpoint(tmp_path, monkeypatch):
+    """With early stopping asked for, a divergence late in the run no longer throws the good checkpoints away:
+    the job succeeds with the best one (billed for the steps it ran); without it, the job fails as before."""
+    from decimal import Decimal
+
+    from fastapi.testclient import TestClient
+
+    from ltx2trainer.api import create_app
+    from ltx2trainer.jobs.keys import create_key
+    from ltx2trainer.settings import Settings
+    from ltx2trainer.wiring import Services
+    from ltx2trainer.worker.runner import execute_job
+    from tests.live_service import FAST_JOB
+    from tests.test_holdout import four_clip_dataset_url
+
+    _diverging_after_step(monkeypatch, 50)
+    services = Services(Settings(data_dir=tmp_path / "data", prepare_workers=1))
+    app = create_app(services.settings, services=services)
+    app.state.poll_cache.ttl_s = 0
+    alice = {"Authorization": f"Key {create_key(services.db, 'alice').token}"}
+    body = {**FAST_JOB, "training_data_url": four_clip_dataset_url(tmp_path / "media"), "number_of_steps": 100,
+            "checkpoint_every_steps": 25, "holdout_fraction": 0.25, "early_stopping_patience": 5}
+    price = services.settings.price_per_step
+    with TestClient(app) as client:
+        job_id = client.post("/v1/trainings", json=body, headers=alice).json()["id"]
+        assert execute_job(job_id, services.settings, worker_id="w1", services=services) == "succeeded"
+        job = client.get(f"/v1/trainings/{job_id}", headers=alice).json()
+        stopped = job["output"]["metrics"]["early_stopping"]
+        assert stopped["last_step_diverged"] is True and stopped["stopped_at_step"] == 100
+        assert stopped["best_step"] in (25, 50) and job["output"]["promoted_step"] == stopped["best_step"]
+        assert job["usage"]["steps_billed"] == 100 and Decimal(job["usage"]["amount_usd"]) == 100 * price
+
+        checkpoints = client.get(f"/v1/trainings/{job_id}/checkpoints", headers=alice).json()["checkpoints"]
+        assert [(c["step"], c["final"], c["promoted"]) for c in checkpoints] == [
+            (step, False, step == stopped["best_step"]) for step in (25, 50)]  # 75 and 100 had nothing to export
+        best = {c["step"]: c for c in checkpoints}[stopped["best_step"]]
+        assert stopped["best_loss"] == best["holdout_loss"]
+        for name in ("lora_file", "lora_comfyui_file", "config_file"):
+            assert client.get(job["output"][name]["url"]).content == \
+                client.get(best["files"][name]["url"]).content, name
+        logs = [line["message"] for line in client.get(f"/v1/trainings/{job_id}/logs?limit=1000",
+                                                       headers=alice).json()["data"]]
+        assert any("diverged by step 100" in line and f"step {stopped['best_step']}" in line for line in logs), logs
+
+        # the other checkpoint can still be promoted; the diverged last step cannot
+        other = 75 - stopped["best_step"]
+        promoted = client.post(f"/v1/trainings/{job_id}/checkpoints/{other}/promote", headers=alice)
+        assert promoted.status_code == 200 and promoted.json()["output"]["promoted_step"] == other
+        assert client.post(f"/v1/trainings/{job_id}/checkpoints/100/promote", headers=alice).status_code == 404
+
+        # without early stopping, the same divergence fails the job, as it always did
+        plain = client.post("/v1/trainings", json={**body, "early_stopping_patience": None}, headers=alice).json()
+        assert execute_job(plain["id"], services.settings, worker_id="w1", services=services) == "failed"
+        failed = client.get(f"/v1/trainings/{plain['id']}", headers=alice).json()
+        assert failed["error"]["type"] == "training_diverged", failed["error"]
+    services.db.engine.dispose()

@@ -256,12 +256,18 @@ def test_the_output_keeps_each_summarys_own_keys_as_the_job_stores_it():
                             "samples_reused": 0, "dataset_id": "d1"}, "promoted_step": None}
     cancelled = {**finished, "metrics": {"steps": 50, "cancelled_at_step": 50}}
     stopped_early = {**finished, "promoted_step": 40, "metrics": {**finished["metrics"], "steps": 60, "early_stopping": {
-        "stopped_at_step": 60, "best_step": 40, "best_loss": 0.5, "measured": "holdout_loss", "patience": 2}}}
+        "stopped_at_step": 60, "best_step": 40, "best_loss": 0.5, "measured": "holdout_loss", "patience": 2,
+        "last_step_diverged": False}}}
     for stored in (finished, cancelled, stopped_early):
         assert TrainingOutput.model_validate(stored).model_dump(mode="json") == stored
     # stored before holdout_fraction existed: still a finished run's summary, without a held-out loss
     older = {**finished, "metrics": {"steps": 100, "final_loss": 0.5, "training_seconds": 12.5, "samples": 2}}
     assert TrainingOutput.model_validate(older).metrics.holdout_loss is None
+    # stopped early before `last_step_diverged` existed: its last step did not diverge (it would have failed)
+    report = {key: value for key, value in stopped_early["metrics"]["early_stopping"].items()
+              if key != "last_step_diverged"}
+    before = {**stopped_early, "metrics": {**stopped_early["metrics"], "early_stopping": report}}
+    assert TrainingOutput.model_validate(before).metrics.early_stopping.last_step_diverged is False
     assert OUTPUT_FILES == ("lora_file", "config_file", "video", "debug_dataset", "lora_comfyui_file")
 
 

@@ -45,11 +45,14 @@ def checkpoint_events(session, job_id: str) -> dict[int, dict[str, Any]]:
 
 
 def final_output(session, job: JobRow) -> dict[str, Any] | None:
-    """The job's own last-step output: the kept one once something was promoted, else its current output."""
+    """The job's own last-step output: the kept one once something was promoted, else its current output; None
+    when it has none (a run whose last step diverged delivered its best checkpoint and kept nothing else)."""
     kept = session.scalar(select(JobEventRow.data).where(
         JobEventRow.job_id == job.id, JobEventRow.kind == FINAL_OUTPUT_EVENT).order_by(JobEventRow.id).limit(1))
     if kept is not None:
         return kept["output"]
+    if job.output and job.output.get("promoted_step") is not None:
+        return None
     return job.output
 
 
@@ -77,8 +80,8 @@ def promote(db: Database, job_id: str, owner: str | None, step: int) -> tuple[Pr
             return PromoteOutcome.NOT_FOUND, None
         if job.status not in PROMOTABLE or not job.output:
             return PromoteOutcome.NOT_FINISHED, job
-        own = final_output(session, job)
-        if step == final_step(own, job):
+        own = final_output(session, job)  # None: the last step diverged and left nothing to promote
+        if own is not None and step == final_step(own, job):
             new_output = own
         else:
             checkpoint = checkpoint_events(session, job_id).get(step)
@@ -86,11 +89,11 @@ def promote(db: Database, job_id: str, owner: str | None, step: int) -> tuple[Pr
                 return PromoteOutcome.NO_CHECKPOINT, job
             if not (checkpoint.get("files") or {}).get("config_file"):
                 return PromoteOutcome.NOT_PROMOTABLE, job
-            new_output = promoted_output(own, checkpoint["files"], step)
+            new_output = promoted_output(own or job.output, checkpoint["files"], step)
         if new_output == job.output:
             return PromoteOutcome.PROMOTED, job  # idempotent: nothing changes, nothing is recorded
-        if session.scalar(select(JobEventRow.id).where(JobEventRow.job_id == job_id,
-                                                       JobEventRow.kind == FINAL_OUTPUT_EVENT).limit(1)) is None:
+        if own is not None and session.scalar(select(JobEventRow.id).where(
+                JobEventRow.job_id == job_id, JobEventRow.kind == FINAL_OUTPUT_EVENT).limit(1)) is None:
             session.add(JobEventRow(job_id=job_id, kind=FINAL_OUTPUT_EVENT, data={"output": job.output}))
         job.output = new_output
         what = f"the checkpoint of step {step}" if new_output is not own else f"its last step ({step}) again"

@@ -187,21 +187,40 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         _store_dataset_caches(ctx, dataset_id, work, dataset_caches)
 
     ctx.set_phase("publishing")
+    metrics = TrainingMetrics(steps=result.steps_done, final_loss=finite_loss(result.losses[-1], None) if result.losses else None,
+                              training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
+                              holdout_loss=finite_loss(result.holdout_loss),
+                              early_stopping=result.early_stopping, samples_encoded=result.samples_encoded,
+                              samples_reused=result.samples_reused, dataset_id=dataset_id)
+    debug_dataset = ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
+                                "application/zip") if training_input.debug_dataset else None
+    if result.diverged is not None:
+        return _best_after_divergence(ctx, result, metrics, debug_dataset, published_files)
     exported = result.exported
     output = TrainingOutput(
         lora_file=ctx.publish("lora.safetensors", exported.lora_file, "application/octet-stream"),
         config_file=ctx.publish("config.json", exported.config_file, "application/json"),
         video=ctx.publish("validation.mp4", result.video, "video/mp4") if result.video else None,
         lora_comfyui_file=ctx.publish("lora_comfyui.safetensors", exported.comfyui_file, "application/octet-stream"),
-        metrics=TrainingMetrics(steps=result.steps_done, final_loss=result.losses[-1] if result.losses else None,
-                                training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
-                                holdout_loss=finite_loss(result.holdout_loss),
-                                early_stopping=result.early_stopping, samples_encoded=result.samples_encoded,
-                                samples_reused=result.samples_reused, dataset_id=dataset_id),
-        debug_dataset=ctx.publish("debug_dataset.zip", _zip_dataset(work / "dataset", work / "debug_dataset.zip"),
-                                  "application/zip") if training_input.debug_dataset else None,
+        metrics=metrics, debug_dataset=debug_dataset,
     )
     return _best_if_stopped_early(ctx, output, published_files)
+
+
+def _best_after_divergence(ctx: JobContext, result, metrics: TrainingMetrics, debug_dataset: Any,
+                           published_files: dict[int, dict[str, Any]]) -> TrainingOutput:
+    """The last step diverged but early stopping had a finite best checkpoint: that checkpoint is the output,
+    and there is no last-step output to keep (`ctx.own_output` stays None). Without its files (their upload
+    failed) the job fails as any diverged run does."""
+    stopped = result.early_stopping
+    files = published_files.get(stopped.best_step)
+    if files is None:
+        raise UserInputError(result.diverged, code="training_diverged")
+    ctx.log(f"the adapter diverged by step {stopped.stopped_at_step}; the output is the best checkpoint, step "
+            f"{stopped.best_step} ({stopped.measured.replace('_', ' ')} {stopped.best_loss})", "WARN")
+    return TrainingOutput.model_validate({
+        **files, "metrics": metrics.model_dump(mode="json"), "debug_dataset": debug_dataset,
+        "promoted_step": stopped.best_step})
 
 
 def _best_if_stopped_early(ctx: JobContext, output: TrainingOutput,

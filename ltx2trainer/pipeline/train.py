@@ -63,6 +63,9 @@ class TrainingRunResult:
     holdout_loss: float | None = None
     holdout_samples: int = 0
     early_stopping: EarlyStoppingReport | None = None  # set when early stopping ended the run
+    # Set when the last step's adapter diverged (NaN/Inf) but early stopping has a finite best checkpoint:
+    # `exported` is then None and that checkpoint is the run's output (its message, for a failure after all).
+    diverged: str | None = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,22 @@ def run_training(
             best_loss=finite_loss(best_value))
     # Every process checks (DDP keeps the adapters identical), so a diverged run fails everywhere at once
     # instead of leaving the other processes waiting for the main one; export checks the cast tensors again.
-    check_lora_state(trained.lora_state, learning_rate=training_input.learning_rate, steps=trained.steps_done)
+    try:
+        check_lora_state(trained.lora_state, learning_rate=training_input.learning_rate, steps=trained.steps_done)
+    except UserInputError as exc:
+        if exc.code != "training_diverged" or not _best_survives(stopping, accelerator):
+            raise
+        # Early stopping was asked for and judged a finite checkpoint best: that one is the output, whether
+        # or not patience ran out before the weights broke (the last step has nothing to export).
+        best_step, best_value = stopping.best if main else (0, 0.0)
+        log.warning("the last step's adapter diverged; the output is the best checkpoint, step %d", best_step)
+        result.diverged = exc.message
+        result.early_stopping = EarlyStoppingReport(
+            stopped_at_step=trained.steps_done, best_step=best_step, patience=patience, measured=measured,
+            best_loss=finite_loss(best_value), last_step_diverged=True)
+        accelerator.wait_for_everyone()
+        result.seconds = time.perf_counter() - started
+        return result
     if main:
         result.holdout_loss = holdout_loss()
         phase("publishing")
@@ -305,3 +323,16 @@ def run_training(
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _best_survives(stopping: EarlyStopping | None, accelerator: Accelerator) -> bool:
+    """Whether early stopping holds a finite best checkpoint to deliver when the last step diverged. Only the
+    main process judged the checkpoints, so its answer is summed across processes: all of them agree."""
+    import math
+
+    best = stopping.best if stopping is not None and accelerator.is_main_process else None
+    found = best is not None and math.isfinite(best[1])
+    if accelerator.num_processes == 1:
+        return found
+    votes = accelerator.reduce(torch.tensor([float(found)], device=accelerator.device), reduction="sum")
+    return bool(votes.item() > 0)
