@@ -78,6 +78,24 @@ def rendered(url: str, profile: Path) -> Elements:
     return elements
 
 
+def assert_not_found(url: str, profile: Path) -> None:
+    """A page for another owner's resource, or a missing one: the same not-found panel, nothing loaded."""
+    page = chromium(url, profile, "--dump-dom")
+    assert page.returncode == 0
+    assert 'data-loaded="true"' not in page.stdout and 'data-error="not-found"' in page.stdout
+    assert "it does not exist, or it belongs to another owner (not found)" in page.stdout
+    assert 'id="problem" hidden' not in page.stdout and 'id="app" hidden' in page.stdout
+
+
+def assert_asks_for_a_key(url: str, profile: Path) -> None:
+    """A page opened without a key shows the sign-in panel and loads nothing; a bad key is named as such."""
+    page = chromium(url, profile, "--dump-dom")
+    assert 'id="signin"' in page.stdout and 'id="signin" hidden' not in page.stdout
+    assert 'data-loaded="true"' not in page.stdout
+    bad = chromium(f"{url}#key=key_nope:nope", profile, "--dump-dom")
+    assert "That key is not valid." in bad.stdout
+
+
 def rendered_media(url: str, profile: Path, *testids: str, attempts: int = 4) -> Elements:
     """Like `rendered`, for a page whose media elements must have settled (data-ready or data-error set).
 
@@ -192,8 +210,15 @@ def test_an_admin_sees_every_owner(site):
 
 
 def test_without_a_key_the_page_asks_for_one(site):
-    page = chromium(site["url"], site["profile"], "--dump-dom")
-    assert 'id="signin"' in page.stdout and 'id="signin" hidden' not in page.stdout
-    assert 'data-loaded="true"' not in page.stdout
-    bad = chromium(f"{site['url']}#key=key_nope:nope", site["profile"], "--dump-dom")
-    assert "That key is not valid." in bad.stdout
+    assert_asks_for_a_key(site["url"], site["profile"])
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/trainings/x", "/dashboard/datasets/x",
+                                  "/dashboard/sweeps/x"])
+def test_every_page_is_served_whole_with_its_shared_parts(site, path):
+    """The pages share their head lines and sign-in panel (static/_head.html, _signin.html): each is served
+    with them filled in once, and with its own title."""
+    html = httpx.get(site["url"].removesuffix("/dashboard") + path).text
+    assert "<!--#include" not in html
+    assert html.count('id="signin-form"') == 1 and html.count('href="/dashboard/static/common.css"') == 1
+    assert html.count("<title>ltx2trainer · ") == 1 and html.index("<meta charset") < html.index("<title>")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,12 +132,24 @@ def _dashboard_row(job: JobRow, services, base_url: str, price) -> dict[str, Any
 
 
 pages = APIRouter(include_in_schema=False)
-DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_text(encoding="utf-8")
-TRAINING_HTML = (Path(__file__).parent / "static" / "training.html").read_text(encoding="utf-8")
-DATASET_HTML = (Path(__file__).parent / "static" / "dataset.html").read_text(encoding="utf-8")
-SWEEP_HTML = (Path(__file__).parent / "static" / "sweep.html").read_text(encoding="utf-8")
-COMMON_CSS = (Path(__file__).parent / "static" / "common.css").read_text(encoding="utf-8")  # the pages' shared styles
-COMMON_JS = (Path(__file__).parent / "static" / "common.js").read_text(encoding="utf-8")  # and sign-in, fetch, formats
+STATIC = Path(__file__).parent / "static"
+INCLUDE = re.compile(r"<!--#include (_[a-z]+\.html)-->\n")
+
+
+def page_html(name: str) -> str:
+    """A page as served: its file with each `<!--#include _part.html-->` line replaced by that shared part
+    (the head's meta and stylesheet lines, the sign-in panel), once at start-up. Server-side, not in script:
+    the sign-in panel must be there before the page's script wires it."""
+    return INCLUDE.sub(lambda match: (STATIC / match.group(1)).read_text(encoding="utf-8"),
+                       (STATIC / name).read_text(encoding="utf-8"))
+
+
+DASHBOARD_HTML = page_html("dashboard.html")
+TRAINING_HTML = page_html("training.html")
+DATASET_HTML = page_html("dataset.html")
+SWEEP_HTML = page_html("sweep.html")
+COMMON_CSS = (STATIC / "common.css").read_text(encoding="utf-8")  # the pages' shared styles
+COMMON_JS = (STATIC / "common.js").read_text(encoding="utf-8")  # and sign-in, fetch, formats
 
 
 @pages.get("/dashboard/static/common.css")
