@@ -26,7 +26,16 @@ from ltx2trainer.worker.prepare_runner import execute_preparation
 from ltx2trainer.worker.runner import execute_job
 from tests.live_service import FAST_JOB, free_port
 from tests.mediagen import make_video, make_zip
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, Elements, chromium, rendered, rendered_media
+from tests.test_dashboard import (
+    ARTIFACTS,
+    CHROMIUM,
+    Elements,
+    assert_asks_for_a_key,
+    assert_not_found,
+    chromium,
+    rendered,
+    rendered_media,
+)
 
 pytestmark = [pytest.mark.slow,  # the module's fixture prepares datasets and runs a 100-step training (~50 s)
               pytest.mark.skipif(CHROMIUM is None or shutil.which("ffmpeg") is None,
@@ -189,19 +198,11 @@ def test_a_queued_dataset_shows_it_is_waiting(site):
 def test_another_owners_or_a_missing_dataset_is_not_found(site):
     for url in (f"{site['page'](site['datasets']['ready'])}#key={site['bob']}",
                 f"{site['page']('no-such-dataset')}#key={site['alice']}"):
-        page = chromium(url, site["profile"], "--dump-dom")
-        assert page.returncode == 0
-        assert 'data-loaded="true"' not in page.stdout and 'data-error="not-found"' in page.stdout
-        assert "it does not exist, or it belongs to another owner (not found)" in page.stdout
-        assert 'id="problem" hidden' not in page.stdout and 'id="app" hidden' in page.stdout
+        assert_not_found(url, site["profile"])
 
 
 def test_without_a_key_the_page_asks_for_one(site):
-    page = chromium(site["page"](site["datasets"]["ready"]), site["profile"], "--dump-dom")
-    assert 'id="signin"' in page.stdout and 'id="signin" hidden' not in page.stdout
-    assert 'data-loaded="true"' not in page.stdout
-    bad = chromium(f"{site['page'](site['datasets']['ready'])}#key=key_nope:nope", site["profile"], "--dump-dom")
-    assert "That key is not valid." in bad.stdout
+    assert_asks_for_a_key(site["page"](site["datasets"]["ready"]), site["profile"])
 
 
 def test_the_dashboard_lists_the_datasets_with_links(site):

@@ -26,7 +26,7 @@ from ltx2trainer.wiring import Services
 from ltx2trainer.worker.prepare_runner import execute_preparation
 from ltx2trainer.worker.runner import execute_job
 from tests.live_service import FAST_JOB, free_port, tiny_dataset_url
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, chromium, rendered
+from tests.test_dashboard import ARTIFACTS, CHROMIUM, assert_asks_for_a_key, assert_not_found, chromium, rendered
 
 pytestmark = [pytest.mark.slow,  # the module's fixture prepares a dataset and runs three 100-step trainings
               pytest.mark.skipif(CHROMIUM is None or shutil.which("ffmpeg") is None,
@@ -188,19 +188,11 @@ def test_a_queued_training_keeps_the_page_refreshing(site):
 def test_another_owners_or_a_missing_sweep_is_not_found(site):
     for url in (f"{site['page'](site['sweep'])}#key={site['bob']}",
                 f"{site['page']('no-such-sweep')}#key={site['alice']}"):
-        page = chromium(url, site["profile"], "--dump-dom")
-        assert page.returncode == 0
-        assert 'data-loaded="true"' not in page.stdout and 'data-error="not-found"' in page.stdout
-        assert "it does not exist, or it belongs to another owner (not found)" in page.stdout
-        assert 'id="problem" hidden' not in page.stdout and 'id="app" hidden' in page.stdout
+        assert_not_found(url, site["profile"])
 
 
 def test_without_a_key_the_page_asks_for_one(site):
-    page = chromium(site["page"](site["sweep"]), site["profile"], "--dump-dom")
-    assert 'id="signin"' in page.stdout and 'id="signin" hidden' not in page.stdout
-    assert 'data-loaded="true"' not in page.stdout
-    bad = chromium(f"{site['page'](site['sweep'])}#key=key_nope:nope", site["profile"], "--dump-dom")
-    assert "That key is not valid." in bad.stdout
+    assert_asks_for_a_key(site["page"](site["sweep"]), site["profile"])
 
 
 def test_the_dataset_page_links_each_training_to_its_sweep(site):

@@ -28,7 +28,15 @@ from ltx2trainer.settings import Settings
 from ltx2trainer.storage import job_prefix
 from ltx2trainer.wiring import Services
 from tests.live_service import free_port
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, chromium, rendered, rendered_media
+from tests.test_dashboard import (
+    ARTIFACTS,
+    CHROMIUM,
+    assert_asks_for_a_key,
+    assert_not_found,
+    chromium,
+    rendered,
+    rendered_media,
+)
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None or shutil.which("ffmpeg") is None,
                                 reason="scripts/setup.sh installs ffmpeg, scripts/test.sh Debian's chromium")
@@ -258,19 +266,11 @@ def test_promoting_a_checkpoint_moves_the_output_badge(site):
 
 
 def test_another_owners_training_is_not_found(site):
-    page = chromium(f"{site['page'](site['jobs']['succeeded'])}#key={site['bob']}", site["profile"], "--dump-dom")
-    assert page.returncode == 0
-    assert 'data-loaded="true"' not in page.stdout and 'data-error="not-found"' in page.stdout
-    assert "it does not exist, or it belongs to another owner (not found)" in page.stdout
-    assert 'id="problem" hidden' not in page.stdout and 'id="app" hidden' in page.stdout
+    assert_not_found(f"{site['page'](site['jobs']['succeeded'])}#key={site['bob']}", site["profile"])
 
 
 def test_without_a_key_the_page_asks_for_one(site):
-    page = chromium(site["page"](site["jobs"]["succeeded"]), site["profile"], "--dump-dom")
-    assert 'id="signin"' in page.stdout and 'id="signin" hidden' not in page.stdout
-    assert 'data-loaded="true"' not in page.stdout
-    bad = chromium(f"{site['page'](site['jobs']['succeeded'])}#key=key_nope:nope", site["profile"], "--dump-dom")
-    assert "That key is not valid." in bad.stdout
+    assert_asks_for_a_key(site["page"](site["jobs"]["succeeded"]), site["profile"])
 
 
 def test_the_dashboard_links_each_training_to_its_page(site):
