@@ -215,6 +215,112 @@ def test_a_sweep_that_cannot_run_creates_nothing(site: Site, ready: dict, body, 
     assert len(site.client.get("/v1/trainings?limit=100", headers=site.alice).json()["data"]) == before
 
 
+def _sweep_rows(site: Site) -> int:
+    from sqlalchemy import func, select
+
+    from ltx2trainer.jobs.sweeps import SweepRow
+
+    with site.services.db.session() as session:
+        return session.scalar(select(func.count()).select_from(SweepRow))
+
+
+def _active_jobs_of_key(site: Site, key_id: str) -> list:
+    from sqlalchemy import select
+
+    from ltx2trainer.jobs.models import JobRow, JobStatus
+
+    with site.services.db.session() as session:
+        return list(session.scalars(select(JobRow).where(
+            JobRow.api_key_id == key_id, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))))
+
+
+@pytest.mark.slow
+def test_a_training_submitted_while_a_sweep_is_created_cannot_overspend_the_keys_limit(site: Site, ready: dict):
+    """A key whose limit has room for a sweep of 2 trainings or for one more training, not for both. Another
+    `POST /v1/trainings` with the key is sent the moment the sweep is about to insert its first training (after
+    the sweep's budget check) and is waited for, 3 s at most: with the check and the inserts in one transaction
+    it waits for the sweep's lock, then sees the sweep's reservations and is refused (with the check committed
+    before the inserts, it was accepted and the key overspent). A sweep refused for the budget leaves no training
+    and no sweep."""
+    import threading
+
+    from sqlalchemy import event
+
+    from ltx2trainer.billing.ledger import set_spend_limit
+    from ltx2trainer.jobs.models import JobRow
+
+    price = site.services.settings.price_per_step
+    token = create_key(site.services.db, "alice").token
+    key_id, headers = token.split(":")[0], {"Authorization": f"Key {token}"}
+    limit = 250 * price  # a sweep of 2 × 100 steps (200) or one training of 100 more, not all 300 steps
+    set_spend_limit(site.services.db, key_id, limit)
+    competing: dict[str, int] = {}
+
+    def compete() -> None:
+        competing["status"] = site.client.post("/v1/trainings", headers=headers, json={
+            **TRAINING, "number_of_steps": 100, "dataset_id": ready["id"]}).status_code
+
+    competitor = threading.Thread(target=compete)
+
+    def before_insert(_mapper, _connection, job: JobRow) -> None:  # in the sweep's request, after its check
+        if job.api_key_id == key_id and "sweep_id" in (job.metadata_ or {}) and competitor.ident is None:
+            competitor.start()
+            competitor.join(timeout=3)  # done by now unless it waits for the sweep's lock (well below its
+            # SQLite busy timeout of 10 s)
+
+    event.listen(JobRow, "before_insert", before_insert)
+    try:
+        sweep = site.client.post("/v1/sweeps", headers=headers, json={
+            "dataset_id": ready["id"], "grid": {"rank": [8, 16]}, "base": {"number_of_steps": 100}})
+    finally:
+        event.remove(JobRow, "before_insert", before_insert)
+    competitor.join(timeout=60)
+    assert competitor.ident is not None and not competitor.is_alive()
+    assert sweep.status_code == 201, sweep.text
+    assert competing["status"] == 402  # checked after the sweep's trainings, as a submit that came after them
+    active = _active_jobs_of_key(site, key_id)
+    reserved = sum(job.input["number_of_steps"] for job in active) * price
+    assert reserved <= limit, f"{len(active)} trainings reserve ${reserved}, over the key's limit of ${limit}"
+    assert sorted(job.id for job in active) == sorted(t["training_id"] for t in sweep.json()["trainings"])
+
+    sweeps_before = _sweep_rows(site)  # 50 steps are left: a sweep of 2 × 100 is refused and creates nothing
+    refused = site.client.post("/v1/sweeps", headers=headers, json={
+        "dataset_id": ready["id"], "grid": {"rank": [8, 16]}, "base": {"number_of_steps": 100}})
+    assert refused.status_code == 402, refused.text
+    assert "the sweep of 2 trainings would cost $0.9600, which exceeds this API key's spending limit" in refused.text
+    assert sorted(job.id for job in _active_jobs_of_key(site, key_id)) == sorted(job.id for job in active)
+    assert _sweep_rows(site) == sweeps_before
+    for job in active:
+        site.services.lifecycle.request_cancel(job.id)
+
+
+@pytest.mark.slow
+def test_a_sweep_that_fails_while_creating_its_trainings_leaves_none_of_them(site: Site, ready: dict):
+    """The database fails as the sweep's second training is inserted: the first one is not left queued on its
+    own and there is no sweep."""
+
+    def failing(_session, job, old: str | None, _new: str) -> None:
+        if old is None and "sweep_id" in (job.metadata_ or {}):
+            inserted.append(job.id)
+            if len(inserted) == 2:
+                raise RuntimeError("the database went away")
+
+    inserted: list[str] = []
+    before, sweeps_before = site.client.get("/v1/trainings?limit=100", headers=site.alice).json()["data"], \
+        _sweep_rows(site)
+    site.services.lifecycle.listeners.append(failing)
+    try:
+        with pytest.raises(RuntimeError, match="the database went away"):
+            site.client.post("/v1/sweeps", headers=site.alice, json={
+                "dataset_id": ready["id"], "grid": {"rank": [8, 16, 32]}, "base": {"number_of_steps": 100}})
+    finally:
+        site.services.lifecycle.listeners.remove(failing)
+    assert len(inserted) == 2
+    assert site.client.get("/v1/trainings?limit=100", headers=site.alice).json()["data"] == before
+    assert _sweep_rows(site) == sweeps_before
+    assert site.services.store.get(inserted[0], "alice") is None
+
+
 # --- the implicit dataset of a data URL ------------------------------------------------------------------------
 
 

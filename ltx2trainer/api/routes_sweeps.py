@@ -1,10 +1,10 @@
 """Sweeps (`jobs/sweeps.py`): one dataset, a grid of training settings, one training per point, compared.
 
 `POST /v1/sweeps` `{"dataset_id", "grid": {"learning_rate": [...], "rank": [...]}, "base": {...},
-"max_cost_usd"}`: every point is validated (as a training on that dataset) before anything is created, the
-whole sweep is estimated and checked against the budget once, then one ordinary training is submitted per point
-(each tagged with the sweep in its metadata). `GET /v1/sweeps/{id}` compares them: status, cost, final and
-held-out loss, and the best so far.
+"max_cost_usd"}`: every point is validated (as a training on that dataset) before anything is created, then the
+whole sweep is estimated and checked against the budget once, in the transaction that creates one ordinary
+training per point (each tagged with the sweep in its metadata) and the sweep: all of them, or nothing.
+`GET /v1/sweeps/{id}` compares them: status, cost, final and held-out loss, and the best so far.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
-from ltx2trainer.api.resume import with_dataset_fields
-from ltx2trainer.api.routes_trainings import submit_training, validate_training_input
-from ltx2trainer.billing.ledger import check_budget, estimated_cost
-from ltx2trainer.jobs.sweeps import get_sweep, new_sweep_id, record_sweep, sweep_jobs
+from ltx2trainer.api.routes_trainings import budget_guard, enqueue_created, job_fields, prepare_training
+from ltx2trainer.billing.ledger import estimated_cost
+from ltx2trainer.jobs.sweeps import get_sweep, new_sweep, new_sweep_id, sweep_jobs
 from ltx2trainer.schemas import DATASET_FIELDS
 
 router = APIRouter(prefix="/v1", tags=["sweeps"])
@@ -69,34 +68,30 @@ def create_sweep(principal: PrincipalDep, services: ServicesDep, base_url: BaseU
     except InvalidOperation:
         raise _refuse(["max_cost_usd"], "max_cost_usd must be a number") from None
     sweep_id = new_sweep_id()
-    bodies, steps = [], 0
+    jobs, steps = [], 0
     for index, values in enumerate(points):  # every point is checked before anything is created
         point_body = {**base, **values, "dataset_id": dataset_id,
                       "metadata": {**(base.get("metadata") or {}), "sweep_id": sweep_id, "sweep_point": values}}
         try:
-            filled = with_dataset_fields(services, principal.owner, point_body)
-            steps += validate_training_input(filled, services.settings.allow_file_urls,
-                                             allow_uploads=True).number_of_steps
+            prepared = prepare_training(services, principal, point_body)
+            jobs.append(services.lifecycle.new_job(**job_fields(services, principal, prepared, base_url=base_url)))
         except HTTPException as exc:
             if isinstance(exc.detail, list):
                 for error in exc.detail:
                     error["msg"] = f"grid point {index} {values}: {error['msg']}"
             raise
-        bodies.append(point_body)
+        steps += prepared.input.number_of_steps
     price = services.settings.price_per_step
     estimate = estimated_cost(steps, None, price)
-    with services.db.session() as session:  # one check for the whole sweep
-        refusal = check_budget(session, api_key_id=principal.key_id, estimate=estimate, max_cost_usd=max_cost,
-                               number_of_steps=steps, unit_price=price)
-    if refusal is not None:
-        raise HTTPException(402, detail=refusal.message.replace("the training", f"the sweep of {len(bodies)} "
-                                                                               "trainings"))
-    recorded = []
-    for point_body, values in zip(bodies, points, strict=True):
-        job, _ = submit_training(services, principal, point_body, idempotency_key=None, base_url=base_url,
-                                 budget_checked=True)
-        recorded.append({"training_id": job.id, "values": values})
-    record_sweep(services.db, sweep_id, principal.owner, dataset_id, base, grid, recorded)
+    recorded = [{"training_id": job.id, "values": values} for job, values in zip(jobs, points, strict=True)]
+    # One transaction: the budget check for the whole sweep (holding the key's lock), every training and the
+    # sweep; a refusal creates none of them, and a concurrent submit with the key is checked before or after.
+    services.lifecycle.submit_all(
+        jobs, guard=budget_guard(principal, estimate=estimate, number_of_steps=steps, max_cost_usd=max_cost,
+                                 unit_price=price, subject=f"the sweep of {len(jobs)} trainings"),
+        alongside=[new_sweep(sweep_id, principal.owner, dataset_id, base, grid, recorded)])
+    for job in jobs:
+        enqueue_created(services, job)
     return {"id": sweep_id, "object": "sweep", "dataset_id": dataset_id, "grid": grid, "base": base,
             "estimated_cost_usd": str(estimate), "trainings": recorded,
             "urls": {"get": f"{base_url}/v1/sweeps/{sweep_id}"}}

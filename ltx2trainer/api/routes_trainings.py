@@ -10,11 +10,15 @@ exactly like a job that does not exist.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from ltx2trainer import netguard, uploads
 from ltx2trainer.api.deps import BaseUrlDep, PrincipalDep, ServicesDep
@@ -83,11 +87,20 @@ def store_inline_data(services, owner: str, data_url: str) -> str:
     return reference
 
 
-def submit_training(services, principal, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
-                    app_id: str | None = None, fal_webhook: str | None = None, budget_checked: bool = False):
-    """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
-    fal facade and sweeps (`budget_checked`: the sweep checked its trainings' budget as one). An idempotent
-    replay returns the original job before any budget is checked again."""
+@dataclass(frozen=True)
+class PreparedTraining:
+    """A training request validated, not stored yet (`prepare_training`); `job_fields` makes it a job."""
+
+    input: TrainingInput
+    body_hash: str  # tells an idempotent replay from a reused Idempotency-Key
+    app_id: str | None = None
+    fal_webhook: str | None = None
+
+
+def prepare_training(services, principal, body: dict[str, Any], *, app_id: str | None = None,
+                     fal_webhook: str | None = None) -> PreparedTraining:
+    """Validate a request, filled in from its parent or dataset, and its webhook URLs (a 422 names what is
+    wrong); nothing is stored or billed."""
     resumed = with_parent_fields(services, principal.owner, body)  # `resume_from`: the parent's data and rank
     resumed = with_dataset_fields(services, principal.owner, resumed)  # `dataset_id`: the dataset's data
     training_input = validate_training_input(resumed, services.settings.allow_file_urls,
@@ -100,45 +113,74 @@ def submit_training(services, principal, body: dict[str, Any], *, idempotency_ke
                 raise HTTPException(422, detail=[{"loc": ["body", what] if what == "webhook_url" else
                                                   ["query", what], "msg": exc.message, "type": exc.code}]) from None
     body_hash = request_hash({"body": body, "app_id": app_id, "fal_webhook": fal_webhook})
+    return PreparedTraining(training_input, body_hash, app_id, fal_webhook)
+
+
+def job_fields(services, principal, prepared: PreparedTraining, *, base_url: str) -> dict[str, Any]:
+    """What `Lifecycle.submit` (or `new_job`) takes to create the job of a prepared request, its unit price fixed
+    now (its estimate and its bill use this one): a 422 for a training that fits no worker GPU, and inline data
+    stored once as a file, referred to after."""
+    training_input = prepared.input
+    check_gpu_memory(training_input, services.settings)
+    stored_input = training_input.model_dump(mode="json")
+    if training_input.training_data_url.startswith("data:"):
+        stored_input["training_data_url"] = store_inline_data(services, principal.owner,
+                                                              training_input.training_data_url)
+    return {"owner": principal.owner, "training_input": stored_input,
+            "adjustments": [a.model_dump(mode="json") for a in training_input.adjustments],
+            "app_id": prepared.app_id, "webhook_url": training_input.webhook_url,
+            "fal_webhook": prepared.fal_webhook, "metadata": training_input.metadata,
+            "body_hash": prepared.body_hash, "public_base_url": base_url, "api_key_id": principal.key_id,
+            "usage": initial_usage(services.settings.price_per_step)}
+
+
+def budget_guard(principal, *, estimate: Decimal, number_of_steps: int, max_cost_usd: Decimal | None,
+                 unit_price: Decimal, subject: str = "the training") -> Callable[[Session], None]:
+    """`check_budget` as a `Lifecycle` guard, in the transaction that creates the job(s), so that concurrent
+    submits with one key queue up there: a 402 when refused, its message about `subject`."""
+
+    def guard(session: Session) -> None:
+        refusal = check_budget(session, api_key_id=principal.key_id, estimate=estimate, max_cost_usd=max_cost_usd,
+                               number_of_steps=number_of_steps, unit_price=unit_price)
+        if refusal is not None:
+            raise HTTPException(402, detail=refusal.message.replace("the training", subject))
+
+    return guard
+
+
+def enqueue_created(services, job) -> None:
+    """Publish a created job to the workers. A broker that is down is no error: the job is safe in the database,
+    queued, and the workers' sweeper publishes a queued job the broker does not hold once it answers again
+    (worker/app.sweep_lost_jobs), so the caller gets its job rather than a 5xx to retry blindly."""
     try:
-        replay = services.lifecycle.replay(principal.owner, idempotency_key, body_hash)
+        services.queue.enqueue(job.id)
+    except Exception as exc:  # noqa: BLE001 - the broker is down
+        log.warning("could not publish job %s now (%s: %s); the sweeper will once the broker answers",
+                    job.id, type(exc).__name__, exc)
+
+
+def submit_training(services, principal, body: dict[str, Any], *, idempotency_key: str | None, base_url: str,
+                    app_id: str | None = None, fal_webhook: str | None = None):
+    """Validate, check the budget, create a job and enqueue it; returns (job, replayed). Shared with the
+    fal facade (sweeps use its parts to create their trainings together). An idempotent replay returns the
+    original job before any budget is checked again."""
+    prepared = prepare_training(services, principal, body, app_id=app_id, fal_webhook=fal_webhook)
+    try:
+        replay = services.lifecycle.replay(principal.owner, idempotency_key, prepared.body_hash)
         if replay is not None:
             return replay, True
-        check_gpu_memory(training_input, services.settings)
+        fields = job_fields(services, principal, prepared, base_url=base_url)
         price = services.settings.price_per_step
-        usage = initial_usage(price)  # fixes the job's unit price: its estimate and its bill use this one
-        estimate = estimated_cost(training_input.number_of_steps, usage, price)
-
-        def within_budget(session) -> None:  # in the job's own transaction: concurrent submits queue up here
-            refusal = check_budget(session, api_key_id=principal.key_id, estimate=estimate,
-                                   max_cost_usd=training_input.max_cost_usd,
-                                   number_of_steps=training_input.number_of_steps, unit_price=price)
-            if refusal is not None:
-                raise HTTPException(402, detail=refusal.message)
-
-        stored_input = training_input.model_dump(mode="json")
-        if training_input.training_data_url.startswith("data:"):  # stored once as a file, referred to after
-            stored_input["training_data_url"] = store_inline_data(services, principal.owner,
-                                                                  training_input.training_data_url)
-        job, replayed = services.lifecycle.submit(
-            principal.owner, stored_input,
-            adjustments=[a.model_dump(mode="json") for a in training_input.adjustments],
-            app_id=app_id, webhook_url=training_input.webhook_url, fal_webhook=fal_webhook,
-            metadata=training_input.metadata, idempotency_key=idempotency_key, body_hash=body_hash,
-            public_base_url=base_url, api_key_id=principal.key_id, usage=usage,
-            guard=None if budget_checked else within_budget,
-        )
+        steps = prepared.input.number_of_steps
+        within_budget = budget_guard(principal, estimate=estimated_cost(steps, fields["usage"], price),
+                                     number_of_steps=steps, max_cost_usd=prepared.input.max_cost_usd,
+                                     unit_price=price)
+        job, replayed = services.lifecycle.submit(**fields, idempotency_key=idempotency_key, guard=within_budget)
     except IdempotencyConflict as exc:
         # 422, not 409: queue clients retry 409s as if they were transient.
         raise HTTPException(422, detail=str(exc)) from None
     if not replayed:
-        try:
-            services.queue.enqueue(job.id)
-        except Exception as exc:  # noqa: BLE001 - the broker is down: the job is safe in the database, queued
-            # The workers' sweeper publishes a queued job the broker does not hold once it answers again
-            # (worker/app.sweep_lost_jobs), so the caller gets its job rather than a 5xx to retry blindly.
-            log.warning("could not publish job %s now (%s: %s); the sweeper will once the broker answers",
-                        job.id, type(exc).__name__, exc)
+        enqueue_created(services, job)
     return job, replayed
 
 

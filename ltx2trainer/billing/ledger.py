@@ -151,9 +151,10 @@ def check_budget(session: Session, *, api_key_id: str | None, estimate: Decimal,
     """Why a job of cost `estimate` (its `estimated_cost`) may not start, or None. Both messages say by how
     much it is over; `unit_price` is the new job's, and the price of jobs stored without one.
 
-    Run it in the transaction that creates the job (`JobLifecycle.submit(guard=...)`): with a spending limit
-    it first takes the key's write lock (a row lock on PostgreSQL; SQLite's database write lock), so concurrent
-    submits with one key are checked one after the other, each seeing what the others reserved.
+    Run it in the transaction that creates the job (`Lifecycle.submit(guard=...)`; a sweep's jobs together:
+    `Lifecycle.submit_all`): with a spending limit it first takes the key's write lock (a row lock on PostgreSQL;
+    SQLite's database write lock), so concurrent submits with one key are checked one after the other, each
+    seeing what the others reserved.
     """
     if max_cost_usd is not None and estimate > max_cost_usd:
         return BudgetRefusal(

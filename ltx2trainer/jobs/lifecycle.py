@@ -95,22 +95,13 @@ class Lifecycle:
             existing = self._by_idempotency_key(owner, idempotency_key)
             if existing is not None:
                 return self._replay(existing, body_hash)
-        job = JobRow(
-            id=str(uuid.uuid4()), owner=owner, status=JobStatus.QUEUED, input=training_input,
-            dataset_id=training_input.get("dataset_id"),
-            adjustments=adjustments or [], app_id=app_id, webhook_url=webhook_url, fal_webhook=fal_webhook,
-            metadata_=metadata, idempotency_key=idempotency_key or None, request_hash=body_hash, usage=usage,
-            public_base_url=public_base_url, api_key_id=api_key_id,
-            progress={"step": 0, "total_steps": training_input.get("number_of_steps"), "loss": None, "eta_s": None},
+        job = self.new_job(
+            owner, training_input, adjustments=adjustments, app_id=app_id, webhook_url=webhook_url,
+            fal_webhook=fal_webhook, metadata=metadata, idempotency_key=idempotency_key, body_hash=body_hash,
+            usage=usage, public_base_url=public_base_url, api_key_id=api_key_id,
         )
         try:
-            with self.db.session() as session:
-                if guard is not None:
-                    guard(session)
-                session.add(job)
-                session.flush()
-                self._event(session, job, "status", {"status": job.status, "phase": None})
-                self._notify(session, job, None, job.status)
+            self.submit_all([job], guard=guard)
         except IntegrityError:
             # Two submits with the same key raced; the other one won.
             existing = self._by_idempotency_key(owner, idempotency_key or "")
@@ -118,6 +109,50 @@ class Lifecycle:
                 raise
             return self._replay(existing, body_hash)
         return job, False
+
+    @staticmethod
+    def new_job(
+        owner: str,
+        training_input: dict[str, Any],
+        *,
+        adjustments: list[dict[str, Any]] | None = None,
+        app_id: str | None = None,
+        webhook_url: str | None = None,
+        fal_webhook: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+        usage: dict[str, Any] | None = None,
+        public_base_url: str | None = None,
+        api_key_id: str | None = None,
+    ) -> JobRow:
+        """A queued job, not stored yet (its id is known already): `submit_all` creates it."""
+        return JobRow(
+            id=str(uuid.uuid4()), owner=owner, status=JobStatus.QUEUED, input=training_input,
+            dataset_id=training_input.get("dataset_id"),
+            adjustments=adjustments or [], app_id=app_id, webhook_url=webhook_url, fal_webhook=fal_webhook,
+            metadata_=metadata, idempotency_key=idempotency_key or None, request_hash=body_hash, usage=usage,
+            public_base_url=public_base_url, api_key_id=api_key_id,
+            progress={"step": 0, "total_steps": training_input.get("number_of_steps"), "loss": None, "eta_s": None},
+        )
+
+    def submit_all(self, jobs: Sequence[JobRow], *, guard: Callable[[Session], None] | None = None,
+                   alongside: Sequence[Any] = ()) -> None:
+        """Create the new jobs of `new_job` in one transaction: all of them, or none (a sweep's trainings).
+
+        `guard(session)` runs first and may refuse them all by raising (the budget check of the jobs together:
+        what it reads and the inserts are one atomic step). Each job is recorded as `submit` records one (its
+        status event, the listeners told); `alongside`: other new rows stored in the same transaction (the
+        sweep that groups them)."""
+        with self.db.session() as session:
+            if guard is not None:
+                guard(session)
+            for job in jobs:
+                session.add(job)
+                session.flush()
+                self._event(session, job, "status", {"status": job.status, "phase": None})
+                self._notify(session, job, None, job.status)
+            session.add_all(alongside)
 
     def replay(self, owner: str, idempotency_key: str | None, body_hash: str) -> JobRow | None:
         """The job an earlier request with this Idempotency-Key created (IdempotencyConflict if its body

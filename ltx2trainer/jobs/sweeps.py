@@ -34,10 +34,10 @@ def new_sweep_id() -> str:
     return str(uuid.uuid4())
 
 
-def record_sweep(db: Database, sweep_id: str, owner: str, dataset_id: str, base: dict[str, Any],
-                 grid: dict[str, Any], points: list[dict[str, Any]]) -> None:
-    with db.session() as session:
-        session.add(SweepRow(id=sweep_id, owner=owner, dataset_id=dataset_id, base=base, grid=grid, points=points))
+def new_sweep(sweep_id: str, owner: str, dataset_id: str, base: dict[str, Any], grid: dict[str, Any],
+              points: list[dict[str, Any]]) -> SweepRow:
+    """A sweep row, not stored yet: stored with its trainings, in their transaction (`Lifecycle.submit_all`)."""
+    return SweepRow(id=sweep_id, owner=owner, dataset_id=dataset_id, base=base, grid=grid, points=points)
 
 
 def get_sweep(db: Database, sweep_id: str, owner: str) -> SweepRow | None:
