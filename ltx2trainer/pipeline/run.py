@@ -187,7 +187,8 @@ def run_job(ctx: JobContext, training_input: TrainingInput) -> TrainingOutput:
         _store_dataset_caches(ctx, dataset_id, work, dataset_caches)
 
     ctx.set_phase("publishing")
-    metrics = TrainingMetrics(steps=result.steps_done, final_loss=finite_loss(result.losses[-1], None) if result.losses else None,
+    final_loss = finite_loss(result.losses[-1], None) if result.losses else None  # a diverged last step: None
+    metrics = TrainingMetrics(steps=result.steps_done, final_loss=final_loss,
                               training_seconds=round(result.seconds, 2), samples=report.counts.samples_out,
                               holdout_loss=finite_loss(result.holdout_loss),
                               early_stopping=result.early_stopping, samples_encoded=result.samples_encoded,

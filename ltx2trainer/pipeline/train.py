@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -328,8 +329,6 @@ def run_training(
 def _best_survives(stopping: EarlyStopping | None, accelerator: Accelerator) -> bool:
     """Whether early stopping holds a finite best checkpoint to deliver when the last step diverged. Only the
     main process judged the checkpoints, so its answer is summed across processes: all of them agree."""
-    import math
-
     best = stopping.best if stopping is not None and accelerator.is_main_process else None
     found = best is not None and math.isfinite(best[1])
     if accelerator.num_processes == 1:
