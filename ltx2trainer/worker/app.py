@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from celery import Celery, signals
 from celery.utils.nodenames import host_format
@@ -134,22 +135,33 @@ def sweep_lost_jobs(services: Services, *, grace_s: float = LOST_AFTER_S) -> lis
     """Publish again the queued jobs whose broker message is gone (a Redis restart without persistence, a
     message dropped when its claim failed). Idempotent: one sweeper wins each job (`Lifecycle.republish`), and a
     duplicate message is harmless, since a job is claimed under a lease and never runs twice at once."""
+    return _republish_lost(
+        "job", services.queue.pending_job_ids, services.store.queued_before, services.lifecycle.republish,
+        services.queue.enqueue, grace_s)
+
+
+def _republish_lost(what: str, pending_ids: Callable[[], set[str] | None],
+                    queued_before: Callable[[dt.datetime], list[str]],
+                    republish: Callable[[str, dt.datetime], bool], send: Callable[[str], None],
+                    grace_s: float) -> list[str]:
+    """Send again each queued `what` (job or dataset) older than `grace_s` whose message the broker does not
+    hold, when `republish` lets this sweeper have it (exactly one sweeper wins each)."""
     try:
-        pending = services.queue.pending_job_ids()
+        pending = pending_ids()
     except Exception as exc:  # noqa: BLE001 - the broker is down: nothing to compare with until it answers
-        log.warning("cannot read the job queue to look for lost jobs (%s: %s); trying again on the next tick",
-                    type(exc).__name__, exc)
+        log.warning("cannot read the %s queue to look for lost %ss (%s: %s); trying again on the next tick",
+                    what, what, type(exc).__name__, exc)
         return []
     if pending is None:  # a broker that cannot be asked: nothing to compare with
         return []
-    cutoff = utcnow() - dt.timedelta(seconds=grace_s)  # younger jobs may still be on their way to the broker
+    cutoff = utcnow() - dt.timedelta(seconds=grace_s)  # younger ones may still be on their way to the broker
     republished = []
-    for job_id in services.store.queued_before(cutoff):
-        if job_id in pending or not services.lifecycle.republish(job_id, cutoff):
+    for item_id in queued_before(cutoff):
+        if item_id in pending or not republish(item_id, cutoff):
             continue
-        services.queue.enqueue(job_id)
-        republished.append(job_id)
-        log.warning("job %s: its queue message was lost; published it again", job_id)
+        send(item_id)
+        republished.append(item_id)
+        log.warning("%s %s: its queue message was lost; published it again", what, item_id)
     return republished
 
 
@@ -174,23 +186,10 @@ def sweep_lost_preparations(services: Services, *, grace_s: float = LOST_AFTER_S
     `datasets.republish` lets one sweeper win a dataset, and claiming makes a duplicate message harmless."""
     from ltx2trainer.jobs.datasets import queued_before, republish
 
-    try:
-        pending = services.queue.pending_preparation_ids()
-    except Exception as exc:  # noqa: BLE001 - the broker is down: nothing to compare with until it answers
-        log.warning("cannot read the prepare queue to look for lost datasets (%s: %s); trying again on the next "
-                    "tick", type(exc).__name__, exc)
-        return []
-    if pending is None:
-        return []
-    cutoff = utcnow() - dt.timedelta(seconds=grace_s)  # younger ones may still be on their way to the broker
-    republished = []
-    for dataset_id in queued_before(services.db, cutoff):
-        if dataset_id in pending or not republish(services.db, dataset_id, cutoff):
-            continue
-        services.queue.enqueue_preparation(dataset_id)
-        republished.append(dataset_id)
-        log.warning("dataset %s: its queue message was lost; published it again", dataset_id)
-    return republished
+    return _republish_lost(
+        "dataset", services.queue.pending_preparation_ids, lambda cutoff: queued_before(services.db, cutoff),
+        lambda dataset_id, cutoff: republish(services.db, dataset_id, cutoff), services.queue.enqueue_preparation,
+        grace_s)
 
 
 def expire_unused_datasets(services: Services) -> list[str]:
