@@ -75,19 +75,13 @@ class Lifecycle:
         owner: str,
         training_input: dict[str, Any],
         *,
-        adjustments: list[dict[str, Any]] | None = None,
-        app_id: str | None = None,
-        webhook_url: str | None = None,
-        fal_webhook: str | None = None,
-        metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         body_hash: str = "",
-        usage: dict[str, Any] | None = None,
-        public_base_url: str | None = None,
-        api_key_id: str | None = None,
         guard: Callable[[Session], None] | None = None,
+        **fields: Any,
     ) -> tuple[JobRow, bool]:
-        """Create a queued job; returns (job, replayed). A replayed Idempotency-Key returns the original job.
+        """Create a queued job (`fields`: the rest of `new_job`'s); returns (job, replayed). A replayed
+        Idempotency-Key returns the original job.
 
         `guard(session)` runs first in the transaction that inserts the job and may refuse it by raising (the
         budget check: what it reads and the insert are one atomic step)."""
@@ -95,11 +89,7 @@ class Lifecycle:
             existing = self._by_idempotency_key(owner, idempotency_key)
             if existing is not None:
                 return self._replay(existing, body_hash)
-        job = self.new_job(
-            owner, training_input, adjustments=adjustments, app_id=app_id, webhook_url=webhook_url,
-            fal_webhook=fal_webhook, metadata=metadata, idempotency_key=idempotency_key, body_hash=body_hash,
-            usage=usage, public_base_url=public_base_url, api_key_id=api_key_id,
-        )
+        job = self.new_job(owner, training_input, idempotency_key=idempotency_key, body_hash=body_hash, **fields)
         try:
             self.submit_all([job], guard=guard)
         except IntegrityError:
