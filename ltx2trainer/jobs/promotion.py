@@ -51,7 +51,8 @@ def final_output(session, job: JobRow) -> dict[str, Any] | None:
         JobEventRow.job_id == job.id, JobEventRow.kind == FINAL_OUTPUT_EVENT).order_by(JobEventRow.id).limit(1))
     if kept is not None:
         return kept["output"]
-    if job.output and job.output.get("promoted_step") is not None:
+    stopped = ((job.output or {}).get("metrics") or {}).get("early_stopping") or {}
+    if stopped.get("last_step_diverged"):
         return None
     return job.output
 

@@ -219,9 +219,8 @@ def _best_after_divergence(ctx: JobContext, result, metrics: TrainingMetrics, de
         raise UserInputError(result.diverged, code="training_diverged")
     ctx.log(f"the adapter diverged by step {stopped.stopped_at_step}; the output is the best checkpoint, step "
             f"{stopped.best_step} ({stopped.measured.replace('_', ' ')} {stopped.best_loss})", "WARN")
-    return TrainingOutput.model_validate({
-        **files, "metrics": metrics.model_dump(mode="json"), "debug_dataset": debug_dataset,
-        "promoted_step": stopped.best_step})
+    base = {"metrics": metrics.model_dump(mode="json"), "debug_dataset": debug_dataset}
+    return TrainingOutput.model_validate(promoted_output(base, files, stopped.best_step))
 
 
 def _best_if_stopped_early(ctx: JobContext, output: TrainingOutput,
